@@ -1,0 +1,27 @@
+"""fcagent: turn a function-calling agent's own traces into a cheaper model."""
+
+from fcagent.calls import Call, CallParseError, format_calls, parse_calls
+from fcagent.errors import RunFailure, UserError
+from fcagent.graph import AgentState, build_agent_graph
+from fcagent.models import load_chat_model
+from fcagent.tasks import Problem, Task, Verdict, get_task
+from fcagent.teacher import ReferenceTeacher
+
+__all__ = [
+    "AgentState",
+    "Call",
+    "CallParseError",
+    "Problem",
+    "ReferenceTeacher",
+    "RunFailure",
+    "Task",
+    "UserError",
+    "Verdict",
+    "build_agent_graph",
+    "format_calls",
+    "get_task",
+    "load_chat_model",
+    "parse_calls",
+]
+
+__version__ = "0.1.0"

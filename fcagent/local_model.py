@@ -1,0 +1,195 @@
+"""A local Hugging Face causal LM as a proper LangChain chat model.
+
+`langchain_huggingface.ChatHuggingFace` drops `tools` before they reach the prompt and cannot render
+`ToolMessage`s; this model renders tools into the system prompt itself (the same text the text
+protocol uses), parses the reply back into `AIMessage.tool_calls`, and shows tool results to the
+model as `Observation:` turns. So one local model serves both of the graph's protocols.
+
+`n` candidates share one prompt pass: the prompt is pre-filled once and its KV cache repeated `n`
+times (HF's `num_return_sequences` would recompute the prompt for every copy).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from fcagent.calls import CallParseError, format_calls, parse_calls
+from fcagent.prompting import OBSERVATION_PREFIX, render_system_prompt, tool_schemas
+
+__all__ = ["LocalChatModel", "to_chat_dicts"]
+
+
+def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
+    """Messages as the role/content dicts a chat template renders, tool traffic as plain text."""
+    out: list[dict[str, str]] = []
+    for m in messages:
+        content = m.content if isinstance(m.content, str) else str(m.content)
+        if isinstance(m, SystemMessage):
+            role = "system"
+        elif isinstance(m, AIMessage):
+            role = "assistant"
+            if m.tool_calls and not content.strip():
+                from fcagent.calls import Call
+
+                content = format_calls([Call(name=t["name"], args=t["args"], id=t.get("id") or "x")
+                                        for t in m.tool_calls])
+        elif isinstance(m, ToolMessage):
+            role, content = "user", OBSERVATION_PREFIX + content
+        else:
+            role = "user"
+        if out and out[-1]["role"] == role == "system":
+            out[-1]["content"] += "\n\n" + content
+        else:
+            out.append({"role": role, "content": content})
+    return out
+
+
+class LocalChatModel(BaseChatModel):
+    """A transformers model and tokenizer behind LangChain's chat-model interface."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model_name: str = Field(description="The spec this model was loaded from (e.g. bundled:smollm2-135m).")
+    max_new_tokens: int = Field(default=128, description="Most tokens generated per reply.")
+    temperature: float = Field(default=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(default=1.0)
+    n: int = Field(default=1, description="Candidates per call, sampled from one shared prompt pass.")
+    response_prefix: str = Field(default="", description="Text the reply is forced to start with.")
+    preferred_protocol: str = "text"
+    prompt_style: str = Field(default="examples", description="'examples' (teacher-style prompt) or 'zero-shot'.")
+    seed: int | None = None
+    hf_model: Any = Field(default=None, exclude=True)
+    tokenizer: Any = Field(default=None, exclude=True)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "fcagent-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
+
+    def bind_tools(self, tools: list[Any], **kwargs: Any):
+        return self.bind(tools=tool_schemas(tools), **kwargs)
+
+    # --- prompt --------------------------------------------------------------------------------
+
+    def render(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None = None) -> str:
+        """The exact prompt text the model sees (chat template applied, generation prompt added)."""
+        if tools:
+            prompt = render_system_prompt(tools)
+            messages = [SystemMessage(prompt), *messages]
+        text = self.tokenizer.apply_chat_template(to_chat_dicts(messages), tokenize=False, add_generation_prompt=True)
+        return text + self.response_prefix
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def _sample(self, prompt: str, *, n: int, temperature: float, max_new_tokens: int,
+                stop: list[str] | None) -> tuple[list[str], int, list[int]]:
+        import torch
+        from transformers import DynamicCache
+
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        input_ids = enc["input_ids"]
+        gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id
+                               or self.tokenizer.eos_token_id}
+        if temperature > 0:
+            gen |= {"do_sample": True, "temperature": temperature, "top_p": self.top_p}
+        else:
+            gen |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if stop:
+            gen |= {"stop_strings": stop, "tokenizer": self.tokenizer}
+        with self._lock, torch.inference_mode():
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            if n > 1 and input_ids.shape[1] > 1:
+                cache = DynamicCache()
+                self.hf_model(input_ids[:, :-1], past_key_values=cache, use_cache=True)
+                cache.batch_repeat_interleave(n)
+                ids = input_ids.repeat(n, 1)
+                out = self.hf_model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache, **gen)
+            else:
+                ids = input_ids.repeat(n, 1)
+                out = self.hf_model.generate(ids, attention_mask=torch.ones_like(ids), **gen)
+        texts, counts = [], []
+        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        for row in out[:, input_ids.shape[1]:]:
+            tokens = row.tolist()
+            cut = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
+            counts.append(cut)
+            text = self.tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+            for s in stop or []:
+                if s in text:
+                    text = text[: text.index(s)]
+            texts.append(text)
+        return texts, input_ids.shape[1], counts
+
+    def _message(self, text: str, tools: list[dict[str, Any]] | None) -> AIMessage:
+        content = self.response_prefix + text
+        if tools:
+            try:
+                calls = parse_calls(content)
+            except CallParseError:
+                return AIMessage(content=content)
+            known = {t["function"]["name"] for t in tools}
+            if all(c.name in known for c in calls):
+                return AIMessage(content=content, tool_calls=[{"name": c.name, "args": c.args, "id": c.id}
+                                                              for c in calls])
+        return AIMessage(content=content)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        tools = kwargs.get("tools")
+        n = int(kwargs.get("n", self.n))
+        temperature = float(kwargs.get("temperature", self.temperature))
+        max_new = int(kwargs.get("max_new_tokens", self.max_new_tokens))
+        if n > 1 and temperature == 0:
+            temperature = 0.7  # identical greedy copies teach nothing; n>1 means sampling
+        started = time.perf_counter()
+        texts, prompt_tokens, counts = self._sample(self.render(messages, tools), n=n, temperature=temperature,
+                                                    max_new_tokens=max_new, stop=stop)
+        elapsed = time.perf_counter() - started
+        generations = []
+        for text, count in zip(texts, counts):
+            msg = self._message(text, tools)
+            msg.usage_metadata = {"input_tokens": prompt_tokens, "output_tokens": count,
+                                  "total_tokens": prompt_tokens + count}
+            msg.response_metadata = {"model_name": self.model_name, "latency_s": elapsed,
+                                     "finish_reason": "length" if count >= max_new else "stop"}
+            generations.append(ChatGeneration(message=msg))
+        usage = {"input_tokens": prompt_tokens, "output_tokens": sum(counts),
+                 "total_tokens": prompt_tokens + sum(counts)}
+        return ChatResult(generations=generations, llm_output={"token_usage": usage, "model_name": self.model_name})
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        from transformers import TextIteratorStreamer
+
+        tools = kwargs.get("tools")
+        prompt = self.render(messages, tools)
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        gen = {"max_new_tokens": int(kwargs.get("max_new_tokens", self.max_new_tokens)), "streamer": streamer,
+               "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
+        worker = threading.Thread(target=self.hf_model.generate, kwargs={**enc, **gen}, daemon=True)
+        with self._lock:
+            worker.start()
+            if self.response_prefix:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=self.response_prefix))
+            for piece in streamer:
+                if piece:
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                    if run_manager:
+                        run_manager.on_llm_new_token(piece, chunk=chunk)
+                    yield chunk
+            worker.join()

