@@ -239,7 +239,10 @@ def build_agent_graph(
         leading = [m for m in state["messages"][:1] if isinstance(m, SystemMessage)]
         if prompt:
             leading = [SystemMessage("\n\n".join([*(m.content for m in leading), prompt]))]
-        meta = {PROTOCOL_METADATA_KEY: proto, "fcagent_step": state.get("steps", 0)}
+        # Step numbers are 1-based and match the `step` of the calls and errors parsed from this reply.
+        meta: dict[str, Any] = {PROTOCOL_METADATA_KEY: proto, "fcagent_step": state.get("steps", 0) + 1}
+        if proto == "text":  # the schemas live only in the prompt text; the recorder keeps them too
+            meta["fcagent_tools"] = tool_schemas(list(available.values()))
         if problem is not None:
             meta |= {"fcagent_problem_id": problem.id, "fcagent_task": problem.task}
         response = runnable.invoke([*leading, *history], merge_configs(config, {"metadata": meta}))

@@ -1,0 +1,158 @@
+"""Pydantic records for everything that crosses a boundary: the trace store, JSONL, exports.
+
+Messages are kept in a compact role/content form (`MessageRecord`) rather than LangChain's full
+serialisation: it is what a chat template and TRL consume, it round-trips to LangChain messages,
+and it is several times cheaper to build on the recording hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from pydantic import BaseModel, Field
+
+__all__ = ["MessageRecord", "Candidate", "Completion", "ToolRun", "Label", "Episode", "EpisodeTrace",
+           "message_record", "to_langchain", "context_hash"]
+
+Role = Literal["system", "user", "assistant", "tool"]
+_ROLE = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool", "AIMessageChunk": "assistant",
+         "chat": "user", "function": "tool"}
+
+
+class MessageRecord(BaseModel):
+    role: Role
+    content: str = ""
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)  # {"id", "name", "args"}
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: keep the text ones
+        return "".join(b if isinstance(b, str) else str(b.get("text", "")) if isinstance(b, dict) else str(b)
+                       for b in content)
+    return str(content)
+
+
+def message_record(m: BaseMessage) -> dict[str, Any]:
+    """A LangChain message as a MessageRecord-shaped dict (no validation: this is the hot path)."""
+    rec: dict[str, Any] = {"role": _ROLE.get(m.type, "user"), "content": _text(m.content)}
+    calls = getattr(m, "tool_calls", None)
+    if calls:
+        rec["tool_calls"] = [{"id": c.get("id"), "name": c["name"], "args": c.get("args", {})} for c in calls]
+    if isinstance(m, ToolMessage):
+        rec["tool_call_id"] = m.tool_call_id
+        if m.name:
+            rec["name"] = m.name
+    return rec
+
+
+def to_langchain(rec: MessageRecord | dict[str, Any]) -> BaseMessage:
+    r = rec if isinstance(rec, MessageRecord) else MessageRecord.model_validate(rec)
+    if r.role == "system":
+        return SystemMessage(r.content)
+    if r.role == "user":
+        return HumanMessage(r.content)
+    if r.role == "tool":
+        return ToolMessage(r.content, tool_call_id=r.tool_call_id or "", name=r.name)
+    return AIMessage(content=r.content, tool_calls=[{"id": c.get("id"), "name": c["name"], "args": c.get("args", {})}
+                                                    for c in r.tool_calls])
+
+
+def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """Identity of a model call's context, canonicalised: tool-call ids (random per run) dropped."""
+    canon = []
+    for m in messages:
+        c = {"role": m["role"], "content": m.get("content", "")}
+        if m.get("tool_calls"):
+            c["tool_calls"] = [{"name": t["name"], "args": t.get("args", {})} for t in m["tool_calls"]]
+        canon.append(c)
+    blob = json.dumps([canon, tools or []], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class Candidate(BaseModel):
+    """One output of a model call (a call with `n` > 1 has several)."""
+
+    message: MessageRecord
+    calls: list[dict[str, Any]] = Field(default_factory=list)  # parsed {"name", "args"}
+    parse_error: str | None = None
+
+
+class Completion(BaseModel):
+    """A candidate completion: one chat-model call with its exact input and every output."""
+
+    id: str  # the LangChain run id
+    episode_id: str
+    parent_run_id: str | None = None
+    seq: int = 0
+    model: str | None = None
+    protocol: str | None = None  # "native" | "text" | None (not from fcagent's graph)
+    step: int | None = None
+    context_hash: str
+    messages: list[MessageRecord]
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    candidates: list[Candidate] = Field(default_factory=list)
+    usage: dict[str, Any] = Field(default_factory=dict)
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class ToolRun(BaseModel):
+    id: str
+    episode_id: str
+    parent_run_id: str | None = None
+    seq: int = 0
+    name: str
+    args: Any = None
+    output: str | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+
+
+class Label(BaseModel):
+    target_id: str  # an episode id or a completion id
+    candidate: int | None = None  # which candidate of a completion; None = the whole target
+    success: bool
+    reason: str = ""
+    source: str = "user"  # verifier | graph | feedback | langsmith | student-middleware | ...
+    created_at: float | None = None
+
+
+class Episode(BaseModel):
+    """One root invocation of an agent."""
+
+    id: str
+    thread_id: str | None = None
+    name: str | None = None
+    started_at: float
+    ended_at: float | None = None
+    status: Literal["complete", "error", "incomplete"] = "complete"
+    task: str | None = None
+    problem_id: str | None = None
+    split: str | None = None
+    model: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    outputs: dict[str, Any] = Field(default_factory=dict)  # final_answer, status, verdict, steps
+    error: str | None = None
+
+
+class EpisodeTrace(BaseModel):
+    """An episode with everything recorded under it: the unit of JSONL export and import."""
+
+    episode: Episode
+    completions: list[Completion] = Field(default_factory=list)
+    tool_runs: list[ToolRun] = Field(default_factory=list)
+    labels: list[Label] = Field(default_factory=list)
+
+    def episode_label(self) -> Label | None:
+        """The newest label on the episode itself (later feedback overrides an earlier verdict)."""
+        own = [lb for lb in self.labels if lb.target_id == self.episode.id]
+        return own[-1] if own else None

@@ -1,0 +1,359 @@
+"""`TraceStore`: the embedded trace store, one SQLite file.
+
+WAL journal (readers never block the writer, a crash loses no committed episode), one transaction
+per episode, and schema changes as an append-only list of named migrations recorded in a table
+(simonw/llm's habit). A store written by a newer fcagent is refused with its version, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fcagent.errors import UserError
+from fcagent.records import Completion, Episode, EpisodeTrace, Label, ToolRun
+
+__all__ = ["TraceStore", "StoreError", "DEFAULT_STORE", "open_store", "SCHEMA_VERSION"]
+
+DEFAULT_STORE = "fcagent-traces.db"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked (newer schema, corrupt import); nothing stored was changed."""
+
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("001_initial", """
+        CREATE TABLE episodes (
+            id TEXT PRIMARY KEY, thread_id TEXT, name TEXT, started_at REAL NOT NULL, ended_at REAL,
+            status TEXT NOT NULL, task TEXT, problem_id TEXT, split TEXT, model TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}', tags TEXT NOT NULL DEFAULT '[]',
+            outputs TEXT NOT NULL DEFAULT '{}', error TEXT);
+        CREATE INDEX episodes_problem ON episodes(task, problem_id);
+        CREATE TABLE completions (
+            id TEXT PRIMARY KEY, episode_id TEXT NOT NULL REFERENCES episodes(id), parent_run_id TEXT,
+            seq INTEGER NOT NULL, model TEXT, protocol TEXT, step INTEGER, context_hash TEXT NOT NULL,
+            messages TEXT NOT NULL, tools TEXT NOT NULL, params TEXT NOT NULL, candidates TEXT NOT NULL,
+            usage TEXT NOT NULL, latency_ms REAL, error TEXT);
+        CREATE INDEX completions_episode ON completions(episode_id, seq);
+        CREATE INDEX completions_context ON completions(context_hash);
+        CREATE TABLE tool_runs (
+            id TEXT PRIMARY KEY, episode_id TEXT NOT NULL REFERENCES episodes(id), parent_run_id TEXT,
+            seq INTEGER NOT NULL, name TEXT NOT NULL, args TEXT, output TEXT, error TEXT, latency_ms REAL);
+        CREATE INDEX tool_runs_episode ON tool_runs(episode_id, seq);
+        CREATE TABLE labels (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, target_id TEXT NOT NULL, candidate INTEGER,
+            success INTEGER NOT NULL, reason TEXT NOT NULL, source TEXT NOT NULL, created_at REAL NOT NULL);
+        CREATE INDEX labels_target ON labels(target_id);
+        CREATE UNIQUE INDEX labels_unique ON labels(target_id, IFNULL(candidate, -1), source, reason, success)
+    """),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_EPISODE_COLS = 14
+_COMPLETION_COLS = 15
+_TOOL_COLS = 9
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+class TraceStore:
+    """Episodes, candidate completions, tool runs and labels in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"`store` must be a file path, {self.path} is a folder")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=60000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreError(f"{self.path} is not a readable fcagent store: {exc}") from exc
+        except StoreError:
+            self._conn.close()
+            raise
+
+    # --- schema --------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+            applied = {r[0] for r in self._conn.execute("SELECT name FROM _migrations")}
+            newer = sorted(applied - {name for name, _ in MIGRATIONS})
+            if newer:
+                raise StoreError(f"{self.path} has schema version {len(applied)} (migrations {', '.join(newer)} are "
+                                 f"unknown here); this fcagent reads version {SCHEMA_VERSION}. Upgrade fcagent; "
+                                 "the store was not changed.")
+            for name, sql in MIGRATIONS:
+                if name in applied:
+                    continue
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Another process may have migrated between our read and taking the lock.
+                    if not self._conn.execute("SELECT 1 FROM _migrations WHERE name=?", (name,)).fetchone():
+                        for statement in sql.split(";"):
+                            if statement.strip():
+                                self._conn.execute(statement)
+                        self._conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write_episode(self, trace: EpisodeTrace | dict[str, Any], *, replace: bool = False) -> bool:
+        """Store one episode and everything under it in one transaction; False if it was there."""
+        rows = _trace_rows(trace)
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute(f"{verb} INTO episodes VALUES ({_marks(_EPISODE_COLS)})", rows["episode"])
+                if cur.rowcount == 0:
+                    self._conn.execute("ROLLBACK")
+                    return False
+                self._conn.executemany(f"{verb} INTO completions VALUES ({_marks(_COMPLETION_COLS)})",
+                                       rows["completions"])
+                self._conn.executemany(f"{verb} INTO tool_runs VALUES ({_marks(_TOOL_COLS)})", rows["tool_runs"])
+                self._conn.executemany(_INSERT_LABEL, rows["labels"])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return True
+
+    def label(self, target_id: str, success: bool, reason: str = "", source: str = "user", *,
+              candidate: int | None = None) -> Label:
+        """Attach a verdict to an episode or a completion (or one candidate of a completion)."""
+        lab = Label(target_id=target_id, candidate=candidate, success=bool(success), reason=reason, source=source,
+                    created_at=time.time())
+        with self._lock:
+            known = self._conn.execute("SELECT 1 FROM episodes WHERE id=? UNION SELECT 1 FROM completions WHERE id=?",
+                                       (target_id, target_id)).fetchone()
+            if not known:
+                raise UserError(f"`target_id` {target_id!r} is neither an episode nor a completion in {self.path}")
+            self._conn.execute(_INSERT_LABEL, _label_row(lab.model_dump()))
+        return lab
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: tuple = (), batch: int = 500) -> Iterator[sqlite3.Row]:
+        # A connection of its own per query, fetched in batches: memory stays flat with store size,
+        # and a long read never holds the writer's lock.
+        conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        try:
+            cur = conn.execute(sql, params)
+            while rows := cur.fetchmany(batch):
+                yield from rows
+        finally:
+            conn.close()
+
+    def episodes(self, *, task: str | None = None, status: str | None = None) -> Iterator[Episode]:
+        where, params = _filters(task=task, status=status)
+        for row in self._query(f"SELECT * FROM episodes {where} ORDER BY started_at, id", params):
+            yield _episode(row)
+
+    def traces(self, *, task: str | None = None, status: str | None = None) -> Iterator[EpisodeTrace]:
+        """Every episode with its completions, tool runs and labels, streamed in start order."""
+        for ep in self.episodes(task=task, status=status):
+            yield self._trace(ep)
+
+    def trace(self, episode_id: str) -> EpisodeTrace:
+        rows = list(self._query("SELECT * FROM episodes WHERE id=?", (episode_id,)))
+        if not rows:
+            raise UserError(f"no episode {episode_id!r} in {self.path}")
+        return self._trace(_episode(rows[0]))
+
+    def latest_episode_id(self) -> str | None:
+        rows = list(self._query("SELECT id FROM episodes ORDER BY started_at DESC LIMIT 1"))
+        return rows[0]["id"] if rows else None
+
+    def _trace(self, ep: Episode) -> EpisodeTrace:
+        comps = [_completion(r) for r in self._query(
+            "SELECT * FROM completions WHERE episode_id=? ORDER BY seq", (ep.id,))]
+        tools = [_tool_run(r) for r in self._query("SELECT * FROM tool_runs WHERE episode_id=? ORDER BY seq", (ep.id,))]
+        ids = (ep.id, *(c.id for c in comps))
+        labels = [_label(r) for r in self._query(
+            f"SELECT * FROM labels WHERE target_id IN ({_marks(len(ids))}) ORDER BY id", ids)]
+        return EpisodeTrace(episode=ep, completions=comps, tool_runs=tools, labels=labels)
+
+    def labels(self, target_id: str) -> list[Label]:
+        return [_label(r) for r in self._query("SELECT * FROM labels WHERE target_id=? ORDER BY id", (target_id,))]
+
+    def completed_problems(self, *, task: str | None = None, model: str | None = None) -> set[str]:
+        """Problem ids with a complete episode (what `harvest --resume` skips)."""
+        where, params = _filters(task=task, status="complete", model=model)
+        return {r["problem_id"] for r in self._query(f"SELECT problem_id FROM episodes {where}", params)
+                if r["problem_id"]}
+
+    def count(self, table: str = "episodes") -> int:
+        if table not in ("episodes", "completions", "tool_runs", "labels"):
+            raise UserError(f"`table` must be episodes, completions, tool_runs or labels, got {table!r}")
+        return next(self._query(f"SELECT COUNT(*) AS n FROM {table}"))["n"]
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"store": str(self.path), "schema_version": self.schema_version}
+        for table in ("episodes", "completions", "tool_runs", "labels"):
+            out[table] = self.count(table)
+        for key, col in (("episodes_by_task", "task"), ("episodes_by_model", "model"), ("episodes_by_status", "status")):
+            out[key] = {r["k"] or "-": r["n"] for r in self._query(
+                f"SELECT {col} AS k, COUNT(*) AS n FROM episodes GROUP BY {col} ORDER BY n DESC")}
+        by_label: Counter[str] = Counter()
+        for r in self._query("SELECT source, success, COUNT(*) AS n FROM labels GROUP BY source, success"):
+            by_label[f"{r['source']}:{'good' if r['success'] else 'bad'}"] = r["n"]
+        out["labels_by_source"] = dict(by_label)
+        out["episode_verdicts"] = {("good" if r["success"] else "bad"): r["n"] for r in self._query(
+            "SELECT success, COUNT(DISTINCT target_id) AS n FROM labels WHERE target_id IN (SELECT id FROM episodes) "
+            "GROUP BY success")}
+        out["unlabelled_episodes"] = next(self._query(
+            "SELECT COUNT(*) AS n FROM episodes WHERE id NOT IN (SELECT target_id FROM labels)"))["n"]
+        return out
+
+    # --- JSONL ---------------------------------------------------------------------------------
+
+    def export_jsonl(self, path: str | os.PathLike[str], *, redactor: Any = None) -> int:
+        """One episode per line; written to a temp file and renamed, so never half-written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        n = 0
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for trace in self.traces():
+                    data = trace.model_dump(mode="json")
+                    if redactor is not None:
+                        data = redactor.redact_value(data)
+                    f.write(_dumps(data) + "\n")
+                    n += 1
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return n
+
+    def import_jsonl(self, path: str | os.PathLike[str]) -> tuple[int, int]:
+        """Validate every line first, then add the new episodes; returns (added, already present)."""
+        path = Path(path)
+        traces = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    traces.append(EpisodeTrace.model_validate_json(line))
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    field = ".".join(str(p) for p in err["loc"]) or "line"
+                    raise StoreError(f"{path}:{lineno}: `{field}`: {err['msg']}; nothing was imported") from None
+        added = sum(self.write_episode(t) for t in traces)
+        return added, len(traces) - added
+
+
+def open_store(store: str | os.PathLike[str] | TraceStore) -> TraceStore:
+    if isinstance(store, TraceStore):
+        return store
+    if isinstance(store, str | os.PathLike):
+        return TraceStore(store)
+    raise UserError(f"`store` must be a path or a TraceStore, got {type(store).__name__}")
+
+
+_INSERT_LABEL = ("INSERT OR IGNORE INTO labels (target_id, candidate, success, reason, source, created_at) "
+                 "VALUES (?,?,?,?,?,?)")
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _filters(**kw: Any) -> tuple[str, tuple]:
+    parts, params = [], []
+    for col, val in kw.items():
+        if val is not None:
+            parts.append(f"{col}=?")
+            params.append(val)
+    return ("WHERE " + " AND ".join(parts)) if parts else "", tuple(params)
+
+
+def _label_row(lb: dict[str, Any]) -> tuple:
+    return (lb["target_id"], lb.get("candidate"), int(bool(lb["success"])), lb.get("reason") or "",
+            lb.get("source") or "user", lb.get("created_at") or time.time())
+
+
+def _trace_rows(trace: EpisodeTrace | dict[str, Any]) -> dict[str, Any]:
+    """Rows from a validated EpisodeTrace, or from the recorder's plain dicts (built well-formed)."""
+    if isinstance(trace, EpisodeTrace):
+        trace = trace.model_dump(mode="json")
+    e = trace["episode"]
+    episode = (e["id"], e.get("thread_id"), e.get("name"), e["started_at"], e.get("ended_at"),
+               e.get("status", "complete"), e.get("task"), e.get("problem_id"), e.get("split"), e.get("model"),
+               _dumps(e.get("metadata") or {}), _dumps(e.get("tags") or []), _dumps(e.get("outputs") or {}),
+               e.get("error"))
+    comps = [(c["id"], c["episode_id"], c.get("parent_run_id"), c.get("seq", 0), c.get("model"), c.get("protocol"),
+              c.get("step"), c["context_hash"], _dumps(c["messages"]), _dumps(c.get("tools") or []),
+              _dumps(c.get("params") or {}), _dumps(c.get("candidates") or []), _dumps(c.get("usage") or {}),
+              c.get("latency_ms"), c.get("error")) for c in trace.get("completions", [])]
+    tools = [(t["id"], t["episode_id"], t.get("parent_run_id"), t.get("seq", 0), t["name"], _dumps(t.get("args")),
+              t.get("output"), t.get("error"), t.get("latency_ms")) for t in trace.get("tool_runs", [])]
+    labels = [_label_row(lb) for lb in trace.get("labels", [])]
+    return {"episode": episode, "completions": comps, "tool_runs": tools, "labels": labels}
+
+
+def _episode(r: sqlite3.Row) -> Episode:
+    return Episode(id=r["id"], thread_id=r["thread_id"], name=r["name"], started_at=r["started_at"],
+                   ended_at=r["ended_at"], status=r["status"], task=r["task"], problem_id=r["problem_id"],
+                   split=r["split"], model=r["model"], metadata=json.loads(r["metadata"]), tags=json.loads(r["tags"]),
+                   outputs=json.loads(r["outputs"]), error=r["error"])
+
+
+def _completion(r: sqlite3.Row) -> Completion:
+    return Completion(id=r["id"], episode_id=r["episode_id"], parent_run_id=r["parent_run_id"], seq=r["seq"],
+                      model=r["model"], protocol=r["protocol"], step=r["step"], context_hash=r["context_hash"],
+                      messages=json.loads(r["messages"]), tools=json.loads(r["tools"]), params=json.loads(r["params"]),
+                      candidates=json.loads(r["candidates"]), usage=json.loads(r["usage"]), latency_ms=r["latency_ms"],
+                      error=r["error"])
+
+
+def _tool_run(r: sqlite3.Row) -> ToolRun:
+    return ToolRun(id=r["id"], episode_id=r["episode_id"], parent_run_id=r["parent_run_id"], seq=r["seq"],
+                   name=r["name"], args=json.loads(r["args"]) if r["args"] else None, output=r["output"],
+                   error=r["error"], latency_ms=r["latency_ms"])
+
+
+def _label(r: sqlite3.Row) -> Label:
+    return Label(target_id=r["target_id"], candidate=r["candidate"], success=bool(r["success"]), reason=r["reason"],
+                 source=r["source"], created_at=r["created_at"])
