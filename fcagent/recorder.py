@@ -115,7 +115,7 @@ def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
     if problem_id and not episode["split"]:
         from fcagent.tasks.base import split_of
 
-        episode["split"] = split_of(problem_id)
+        episode["split"] = meta.get("fcagent_split") or split_of(problem_id)
     return {"episode": episode, "completions": completions, "tool_runs": buf["tool_runs"], "labels": labels}
 
 

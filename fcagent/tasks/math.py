@@ -219,7 +219,8 @@ class MathTask(Task):
                     raise DataError(f"{where}: field `answer` has no number after `####`")
                 pid = f"gsm8k-{fname.split('.')[0]}-{lineno}"
                 problems.append(Problem(id=pid, task="math", source="gsm8k", question=require(row, "question", where),
-                                        answer=gold, gold_chain=gsm8k_gold_chain(solution, gold)))
+                                        answer=gold, gold_chain=gsm8k_gold_chain(solution, gold),
+                                        fixed_split="test" if fname == "test.jsonl" else "train"))
         return self._filter(problems, split, limit)
 
     def tools_for(self, problem):

@@ -1,0 +1,3 @@
+from fcagent.cli import main
+
+main()

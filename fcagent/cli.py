@@ -1,0 +1,206 @@
+"""The `fcagent` command line (also `python -m fcagent`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fcagent.errors import UserError
+from fcagent.store import DEFAULT_STORE, StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distil a function-calling agent's traces into a small model.")
+traces_app = typer.Typer(no_args_is_help=True, help="Read and manage the trace store.")
+app.add_typer(traces_app, name="traces")
+console = Console()
+
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task spec: math, math:gsm8k, logic:prontoqa, bfcl:simple_python, ...")]
+StoreOpt = Annotated[Path, typer.Option("--store", help="Trace store (SQLite file).")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the task data (default: ./data, ../shared/data, $FCAGENT_DATA).")]
+
+
+def resolve_model(spec: str, task, problems):
+    """`reference` is the task's gold chains replayed; anything else goes to `load_chat_model`."""
+    from fcagent.models import load_chat_model
+    from fcagent.teacher import ReferenceTeacher
+
+    if spec == "reference":
+        return ReferenceTeacher(problems=problems)
+    return load_chat_model(spec)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                    disable=not console.is_terminal and os.environ.get("FCAGENT_PROGRESS") != "1")
+
+
+@app.command()
+def run(task: TaskOpt = "math", model: Annotated[str, typer.Option(help="Model spec (bundled:smollm2-135m, a run folder, provider:model, reference).")] = "bundled:smollm2-135m",
+        limit: Annotated[int, typer.Option(help="Number of problems.")] = 20,
+        split: Annotated[str, typer.Option(help="train or test (deterministic by id hash).")] = "test",
+        protocol: Annotated[str, typer.Option(help="auto, native or text.")] = "auto",
+        max_steps: Annotated[Optional[int], typer.Option(help="Step limit per problem.")] = None,
+        store: Annotated[Optional[Path], typer.Option("--store", help="Record the episodes into this trace store.")] = None,
+        data_dir: DataOpt = None,
+        quiet: Annotated[bool, typer.Option(help="Only the summary, no chains.")] = False) -> None:
+    """Solve task problems with a model, printing each chain, its verdict and the accuracy."""
+    from fcagent.runner import run_problems
+    from fcagent.store import TraceStore
+    from fcagent.tasks import get_task
+
+    t = get_task(task, data_dir=data_dir)
+    problems = t.load(split=split, limit=limit)
+    chat = resolve_model(model, t, problems)
+    console.print(f"[bold]{len(problems)}[/] {t.spec} problems ({split}) with [bold]{model}[/]")
+
+    def show(problem, result) -> None:
+        if quiet:
+            return
+        mark = "[green]✔[/]" if result.success else "[red]✘[/]"
+        console.rule(f"{mark} {problem.id}")
+        console.print(f"[dim]user:[/] {problem.question}")
+        for m in result.transcript[1:]:
+            text = m["content"] or json.dumps(m["tool_calls"])
+            console.print(f"[dim]{m['role']}:[/] {text[:400]}")
+        console.print(f"verdict: {result.reason}  ({result.steps} steps, {result.wall_s:.1f} s)")
+
+    results = run_problems(chat, t, problems, store=TraceStore(store) if store else None, protocol=protocol,
+                           max_steps=max_steps, on_result=show, metadata={"fcagent_model": model})
+    right = sum(r.success for r in results)
+    console.print(f"\n[bold]accuracy: {right}/{len(results)} = {right / max(1, len(results)):.1%}[/]  "
+                  f"valid calls {sum(r.valid_calls for r in results)}/{sum(r.calls for r in results)}")
+
+
+@app.command()
+def harvest(task: TaskOpt = "math", teacher: Annotated[str, typer.Option(help="Teacher model spec; `reference` replays gold chains.")] = "reference",
+            samples: Annotated[int, typer.Option(help="Candidates per step (K), sampled from one prompt pass.")] = 1,
+            temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature when K > 1.")] = None,
+            limit: Annotated[Optional[int], typer.Option(help="Number of problems.")] = None,
+            split: Annotated[str, typer.Option(help="Split to harvest (train keeps evaluation problems out).")] = "train",
+            store: StoreOpt = Path(DEFAULT_STORE), resume: Annotated[bool, typer.Option(help="Skip problems already complete in the store.")] = False,
+            concurrency: Annotated[int, typer.Option(help="Problems in flight at once (remote teachers).")] = 1,
+            protocol: Annotated[str, typer.Option(help="auto, native or text.")] = "auto",
+            data_dir: DataOpt = None) -> None:
+    """Run a teacher over a task split with K candidates per step, storing every call."""
+    from fcagent.harvest import harvest as do_harvest
+
+    summary = do_harvest(task=task, teacher=teacher, samples=samples, temperature=temperature, limit=limit,
+                         split=split, store=store, resume=resume, concurrency=concurrency, protocol=protocol,
+                         data_dir=data_dir, progress=_progress())
+    console.print(summary)
+
+
+@traces_app.command("ls")
+def traces_ls(store: StoreOpt = Path(DEFAULT_STORE), limit: int = 20, task: Optional[str] = None) -> None:
+    """List the newest episodes."""
+    from fcagent.store import TraceStore
+
+    s = TraceStore(store)
+    episodes = list(s.episodes(task=task))[-limit:]
+    table = Table("episode", "task", "problem", "model", "status", "verdict", "steps")
+    for ep in episodes:
+        verdict = ep.outputs.get("verdict") or {}
+        table.add_row(ep.id[:13], ep.task or "-", ep.problem_id or "-", ep.model or "-", ep.status,
+                      ("good" if verdict.get("success") else "bad") if verdict else "-", str(ep.outputs.get("steps", "-")))
+    console.print(table)
+
+
+@traces_app.command("show")
+def traces_show(episode_id: Annotated[Optional[str], typer.Argument(help="Episode id or prefix; default the latest.")] = None,
+                store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Show an episode as a chat transcript with its labels."""
+    from fcagent.store import TraceStore
+
+    s = TraceStore(store)
+    if episode_id is None:
+        episode_id = s.latest_episode_id()
+        if episode_id is None:
+            raise UserError(f"{store} has no episodes yet")
+    elif len(episode_id) < 36:
+        matches = [e.id for e in s.episodes() if e.id.startswith(episode_id)]
+        if len(matches) != 1:
+            raise UserError(f"episode prefix {episode_id!r} matches {len(matches)} episodes")
+        episode_id = matches[0]
+    tr = s.trace(episode_id)
+    ep = tr.episode
+    console.rule(f"episode {ep.id}")
+    console.print(f"task {ep.task} · problem {ep.problem_id} · model {ep.model} · {ep.status}")
+    labels = {}
+    for lb in tr.labels:
+        labels.setdefault(lb.target_id, []).append(lb)
+    for i, c in enumerate(tr.completions):
+        history = c.messages if i == 0 else c.messages[len(tr.completions[i - 1].messages) + 1:]
+        for m in history:
+            console.print(f"[dim]{m.role}:[/] {(m.content or json.dumps(m.tool_calls))[:1500]}")
+        for j, cand in enumerate(c.candidates):
+            body = cand.message.content or json.dumps(cand.message.tool_calls)
+            tag = "".join(f" [{'green' if lb.success else 'red'}]{lb.source}: {lb.reason}[/]"
+                          for lb in labels.get(c.id, []) if lb.candidate in (None, j))
+            console.print(f"[bold cyan]assistant{f' #{j}' if len(c.candidates) > 1 else ''}:[/] {body[:1500]}{tag}")
+    for lb in labels.get(ep.id, []):
+        console.print(f"[{'green' if lb.success else 'red'}]episode label ({lb.source}): {lb.reason}[/]")
+
+
+@traces_app.command("stats")
+def traces_stats(store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Counts by label, task and model."""
+    from fcagent.store import TraceStore
+
+    console.print_json(json.dumps(TraceStore(store).stats()))
+
+
+@traces_app.command("export")
+def traces_export(out: Path, store: StoreOpt = Path(DEFAULT_STORE),
+                  redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True) -> None:
+    """Write every episode as JSONL (one episode per line)."""
+    from fcagent.redact import Redactor
+    from fcagent.store import TraceStore
+
+    n = TraceStore(store).export_jsonl(out, redactor=Redactor() if redact else None)
+    console.print(f"wrote {n} episodes to {out}")
+
+
+@traces_app.command("import")
+def traces_import(path: Path, store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Add the episodes of a JSONL export (idempotent)."""
+    from fcagent.store import TraceStore
+
+    added, present = TraceStore(store).import_jsonl(path)
+    console.print(f"added {added} episodes, {present} were already present")
+
+
+@traces_app.command("label")
+def traces_label(target_id: str, success: Annotated[bool, typer.Option("--good/--bad")], reason: str = "",
+                 source: str = "user", store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Label an episode or completion good or bad (human or production feedback)."""
+    from fcagent.store import TraceStore
+
+    TraceStore(store).label(target_id, success, reason, source)
+    console.print("labelled")
+
+
+def main() -> None:
+    try:
+        app()
+    except (UserError, StoreError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except Exception as exc:  # data errors and the like: a message, not a traceback
+        from fcagent.tasks.base import DataError
+
+        if isinstance(exc, DataError):
+            console.print(f"[red]error:[/] {exc}")
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

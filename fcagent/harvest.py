@@ -1,0 +1,58 @@
+"""`harvest`: run a teacher over a task split, K candidates per step, everything into the store.
+
+Resumable: each episode is written in one transaction when it ends, so a killed harvest leaves
+only complete episodes, and `resume=True` skips the problems already complete for this teacher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fcagent.runner import run_problems, with_sampling
+from fcagent.store import TraceStore, open_store
+from fcagent.tasks import get_task
+
+__all__ = ["harvest"]
+
+
+def harvest(*, task: str, teacher: str = "reference", samples: int = 1, temperature: float | None = None,
+            limit: int | None = None, split: str = "train", store: str | Path | TraceStore = "fcagent-traces.db",
+            resume: bool = False, concurrency: int = 1, protocol: str = "auto", data_dir: str | Path | None = None,
+            role: str = "teacher", progress: Any = None, model: Any = None) -> dict[str, Any]:
+    """Harvest traces; returns a summary (problems run, skipped, solved)."""
+    from fcagent.cli import resolve_model
+
+    t = get_task(task, data_dir=data_dir)
+    problems = t.load(split=split, limit=limit)
+    if teacher == "reference" and model is None:  # the reference teacher can only replay gold chains
+        problems = [p for p in problems if p.gold_chain is not None]
+    trace_store = open_store(store)
+    skipped = 0
+    if resume:
+        done = trace_store.completed_problems(task=t.name, model=teacher)
+        skipped = sum(p.id in done for p in problems)
+        problems = [p for p in problems if p.id not in done]
+    chat = model if model is not None else resolve_model(teacher, t, problems)
+    chat = with_sampling(chat, samples=samples, temperature=temperature if samples > 1 else None)
+    solved = 0
+    bar = None
+    if progress is not None:
+        progress.start()
+        bar = progress.add_task(f"harvest {t.spec}", total=len(problems), status="")
+
+    def tick(problem, result) -> None:
+        nonlocal solved
+        solved += result.success
+        if bar is not None:
+            progress.update(bar, advance=1, status=f"solved {solved}")
+
+    try:
+        run_problems(chat, t, problems, store=trace_store, protocol=protocol, concurrency=concurrency,
+                     metadata={"fcagent_model": teacher, "fcagent_role": role, "fcagent_samples": samples},
+                     on_result=tick)
+    finally:
+        if progress is not None:
+            progress.stop()
+    return {"task": t.spec, "teacher": teacher, "split": split, "ran": len(problems), "skipped": skipped,
+            "solved": solved, "store": str(trace_store.path)}

@@ -1,0 +1,109 @@
+"""LangChain v1 `create_agent` middleware: `TraceMiddleware` records through the agent's hooks.
+
+Same records as `TraceRecorder` (episodes, candidate completions, tool runs), for users who prefer
+middleware to callbacks. An episode is keyed by the id of the user message that started the run,
+so concurrent runs sharing one middleware instance never mix.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from langchain.agents.middleware import AgentMiddleware
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration
+
+from fcagent.prompting import tool_schemas
+from fcagent.recorder import episode_from_buffer
+from fcagent.store import TraceStore, open_store
+
+__all__ = ["TraceMiddleware", "episode_key"]
+
+
+def episode_key(state: Any) -> str:
+    messages = (state or {}).get("messages", []) if isinstance(state, dict) else getattr(state, "messages", [])
+    for m in reversed(messages):
+        if isinstance(m, HumanMessage):
+            return m.id or str(id(m))
+    return "no-user-message"
+
+
+def _model_name(model: Any) -> str | None:
+    for attr in ("model_name", "model", "model_id"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str):
+            return value
+    return type(model).__name__
+
+
+class TraceMiddleware(AgentMiddleware):
+    """`create_agent(model, tools, middleware=[TraceMiddleware(store="traces.db")])`."""
+
+    def __init__(self, store: str | TraceStore = "fcagent-traces.db", **metadata: Any):
+        super().__init__()
+        self.store = open_store(store)
+        self.metadata = metadata
+        self._open: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _buffer(self, state: Any) -> dict[str, Any]:
+        key = episode_key(state)
+        with self._lock:
+            if key not in self._open:
+                self._open[key] = {"id": str(uuid.uuid4()), "name": "create_agent", "started_at": time.time(),
+                                   "tags": ["middleware"], "metadata": dict(self.metadata), "completions": [],
+                                   "tool_runs": []}
+            return self._open[key]
+
+    def before_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        self._buffer(state)
+        return None
+
+    def after_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        with self._lock:
+            buf = self._open.pop(episode_key(state), None)
+        if buf is not None:
+            buf["ended_at"] = time.time()
+            buf["outputs"] = {"final_answer": state["messages"][-1].content if state.get("messages") else None}
+            self.store.write_episode(episode_from_buffer(buf))
+        return None
+
+    def wrap_model_call(self, request: Any, handler: Any) -> Any:
+        buf = self._buffer(request.state)
+        messages = list(request.messages)
+        system = getattr(request, "system_message", None)
+        if system is not None:
+            messages = [system if isinstance(system, SystemMessage) else SystemMessage(str(system)), *messages]
+        started = time.perf_counter()
+        response = handler(request)
+        result = getattr(response, "result", None) or ([response] if isinstance(response, AIMessage) else [])
+        outputs = [m for m in result if isinstance(m, AIMessage)]
+        usage = getattr(outputs[0], "usage_metadata", None) if outputs else None
+        buf["completions"].append({
+            "id": str(uuid.uuid4()), "parent": None, "messages": messages, "metadata": {"fcagent_protocol": "native"},
+            "params": {"tools": tool_schemas(list(request.tools or []))}, "model": _model_name(request.model),
+            "generations": [ChatGeneration(message=m) for m in outputs], "usage": dict(usage) if usage else {},
+            "latency_ms": (time.perf_counter() - started) * 1000})
+        return response
+
+    def wrap_tool_call(self, request: Any, handler: Any) -> Any:
+        buf = self._buffer(request.state)
+        call = request.tool_call
+        run = {"id": str(uuid.uuid4()), "episode_id": buf["id"], "parent_run_id": None, "seq": len(buf["tool_runs"]),
+               "name": call["name"], "args": call.get("args", {})}
+        started = time.perf_counter()
+        try:
+            result = handler(request)
+        except Exception as exc:
+            run |= {"error": f"{type(exc).__name__}: {exc}", "latency_ms": (time.perf_counter() - started) * 1000}
+            buf["tool_runs"].append(run)
+            raise
+        content = getattr(result, "content", None)
+        status = getattr(result, "status", None)
+        run |= {"output": content if isinstance(content, str) else str(content),
+                "error": content if status == "error" else None, "latency_ms": (time.perf_counter() - started) * 1000}
+        buf["tool_runs"].append(run)
+        return result

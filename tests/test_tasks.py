@@ -1,0 +1,156 @@
+import json
+
+import pytest
+
+from fcagent import Call, ReferenceTeacher, build_agent_graph, get_task
+from fcagent.tasks import DataError, check_bfcl, split_of
+from fcagent.tasks.math import gsm8k_gold_chain
+
+SUITES = ["math", "math:gsm8k", "logic", "logic:prontoqa", "logic:proofwriter", "bfcl:simple_python", "bfcl:multiple",
+          "bfcl:parallel", "bfcl:parallel_multiple", "bfcl:live_simple", "bfcl:live_multiple", "bfcl:irrelevance"]
+
+
+@pytest.mark.parametrize("spec", SUITES)
+def test_every_gold_chain_verifies_through_the_graph(spec, data_dir):
+    task = get_task(spec, data_dir=data_dir)
+    problems = task.load()
+    with_chain = [p for p in problems if p.gold_chain is not None]
+    assert len(with_chain) >= 0.95 * len(problems) and problems
+    # Every chain of generated and small sets; an even sample of the large ones (all run in the benchmark).
+    sample = with_chain if len(with_chain) <= 600 else with_chain[:: len(with_chain) // 400]
+    for protocol in ("text", "native"):
+        graph = build_agent_graph(ReferenceTeacher(problems=sample), task=task, protocol=protocol, max_steps=12)
+        failures = [p.id for p in sample if not graph.invoke({"problem": p})["verdict"]["success"]]
+        assert failures == [], f"{spec} {protocol}: {failures[:5]}"
+
+
+def test_splits_are_deterministic_and_disjoint(data_dir):
+    task = get_task("bfcl:simple_python", data_dir=data_dir)
+    train = {p.id for p in task.load(split="train")}
+    test = {p.id for p in task.load(split="test")}
+    assert train and test and not train & test and len(train | test) == 400
+    assert all(split_of(i) == "test" for i in test)
+    assert len(test) == 165  # sha1(id) % 10 < 4, as measured in MEASUREMENTS.md
+
+
+def test_gsm8k_annotations_become_calculator_calls():
+    chain = gsm8k_gold_chain("He has 20*.8=<<20*.8=16>>16\nThen (16+4)/2=<<(16+4)/2=10>>10\n#### 10", 10)
+    assert [[(c.name, c.args) for c in s] for s in chain] == [
+        [("multiply", {"a": 20, "b": 0.8})], [("add", {"a": 16, "b": 4})], [("divide", {"a": 20, "b": 2})],
+        [("final_answer", {"answer": 10})]]
+    assert gsm8k_gold_chain("bad <<3%2=1>>1\n#### 1", 1) is None
+
+
+def test_math_verifier():
+    task = get_task("math")
+    p = task.load(limit=1)[0]
+    assert task.verify(p, final_answer=p.answer, calls=[]).success
+    assert task.verify(p, final_answer=f"The answer is {p.answer}.", calls=[]).success
+    assert not task.verify(p, final_answer=p.answer + 1, calls=[]).success
+    assert task.verify(p, final_answer="none", calls=[]).reason == "no numeric final answer"
+
+
+def test_logic_verifier_and_knowledge_base(data_dir):
+    task = get_task("logic:prontoqa", data_dir=data_dir)
+    p = task.load(limit=1)[0]
+    assert task.verify(p, final_answer=p.answer, calls=[]).success
+    assert not task.verify(p, final_answer="Maybe", calls=[]).success
+    facts, rules, _ = task.tools_for(p) + [None]
+    entity = p.gold_chain[0][0].args["entity"]
+    assert entity in facts.invoke({"entity": entity})
+    assert "No rules" in rules.invoke({"category": "nothing-like-this"})
+
+
+def test_loader_errors_name_file_line_and_field(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "x\\n#### 3"}\n{"question": "q2"}\n')
+    (tmp_path / "gsm8k" / "train.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"test.jsonl:2: missing field `answer`"):
+        get_task("math:gsm8k", data_dir=tmp_path).load()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "4"}\n{not json\n')
+    with pytest.raises(DataError, match=r"test.jsonl:1: field `answer` has no `####`"):
+        get_task("math:gsm8k", data_dir=tmp_path).load()
+    with pytest.raises(DataError, match="unknown BFCL category"):
+        get_task("bfcl:nope", data_dir=tmp_path).load()
+    with pytest.raises(DataError, match="`task` must be one of"):
+        get_task("chess")
+
+
+# --- BFCL checker: one test per rule ------------------------------------------------------------
+
+DOC = {"name": "calc.area", "parameters": {"type": "dict", "required": ["base", "height"], "properties": {
+    "base": {"type": "integer"}, "height": {"type": "float"}, "unit": {"type": "string"},
+    "tags": {"type": "array", "items": {"type": "string"}}, "opts": {"type": "dict"}, "exact": {"type": "boolean"}}}}
+TRUTH = [{"calc.area": {"base": [10], "height": [5.0], "unit": ["square meters", ""], "tags": [["a b", "C"], ""],
+                        "opts": [{"mode": ["fast"]}, ""], "exact": [True, ""]}}]
+
+
+def check(args, name="calc.area", truth=TRUTH, category="simple_python", docs=(DOC,)):
+    return check_bfcl(category, list(docs), truth, [Call(name=name, args=args)])
+
+
+def test_bfcl_exact_function_name():
+    assert check({"base": 10, "height": 5.0}).success
+    assert not check({"base": 10, "height": 5.0}, name="calc.areas").success
+    assert check({"base": 10, "height": 5.0}, name="calc_area").success  # dots may become underscores
+
+
+def test_bfcl_required_and_unexpected_parameters():
+    assert "missing required" in check({"base": 10}).reason
+    assert "unexpected parameter `color`" in check({"base": 10, "height": 5.0, "color": "red"}).reason
+
+
+def test_bfcl_types_exact_with_int_for_float():
+    assert check({"base": 10, "height": 5}).success  # int accepted where float expected
+    assert not check({"base": 10.0, "height": 5.0}).success  # float is not an int
+    assert not check({"base": True, "height": 5.0}).success  # bool is not an int
+    assert not check({"base": "10", "height": 5.0}).success
+
+
+def test_bfcl_string_normalisation():
+    assert check({"base": 10, "height": 5.0, "unit": "Square-Meters"}).success
+    assert check({"base": 10, "height": 5.0, "unit": "square_meters."}).success
+    assert not check({"base": 10, "height": 5.0, "unit": "square feet"}).success
+
+
+def test_bfcl_empty_string_means_optional():
+    assert check({"base": 10, "height": 5.0}).success
+    truth = [{"calc.area": {"base": [10], "height": [5.0], "unit": ["square meters"]}}]
+    assert "missing parameter `unit`" in check({"base": 10, "height": 5.0}, truth=truth).reason
+
+
+def test_bfcl_lists_order_matters_and_elements_normalised():
+    assert check({"base": 10, "height": 5.0, "tags": ["A-B", "c"]}).success
+    assert not check({"base": 10, "height": 5.0, "tags": ["c", "a b"]}).success
+    assert not check({"base": 10, "height": 5.0, "tags": ["a b", 3]}).success
+
+
+def test_bfcl_dict_values():
+    assert check({"base": 10, "height": 5.0, "opts": {"mode": "FAST"}}).success
+    assert not check({"base": 10, "height": 5.0, "opts": {"mode": "slow"}}).success
+    assert not check({"base": 10, "height": 5.0, "opts": {"speed": "fast"}}).success
+
+
+def test_bfcl_numbers_exact_no_tolerance():
+    assert not check({"base": 10, "height": 5.0001}).success
+    assert check({"base": 10, "height": 5.0, "exact": True}).success
+    assert not check({"base": 10, "height": 5.0, "exact": 1}).success
+
+
+def test_bfcl_parallel_is_order_free_and_counts_must_match():
+    docs = [{"name": "f", "parameters": {"type": "dict", "required": ["x"], "properties": {"x": {"type": "integer"}}}}]
+    truth = [{"f": {"x": [1]}}, {"f": {"x": [2]}}]
+    calls = [Call(name="f", args={"x": 2}), Call(name="f", args={"x": 1})]
+    assert check_bfcl("parallel", docs, truth, calls).success
+    assert not check_bfcl("parallel", docs, truth, calls[:1]).success
+    assert not check_bfcl("parallel", docs, truth, [calls[0], calls[0]]).success
+
+
+def test_bfcl_multiple_rejects_the_distractor_function():
+    docs = [DOC, {"name": "calc.volume", "parameters": {"type": "dict", "properties": {}, "required": []}}]
+    assert not check_bfcl("multiple", docs, TRUTH, [Call(name="calc.volume", args={})]).success
+
+
+def test_bfcl_irrelevance_passes_only_without_a_call():
+    assert check_bfcl("irrelevance", [DOC], None, []).success
+    assert not check_bfcl("irrelevance", [DOC], None, [Call(name="calc.area", args={"base": 1, "height": 1.0})]).success
