@@ -3,7 +3,11 @@
 from fcagent.calls import Call, CallParseError, format_calls, parse_calls
 from fcagent.errors import RunFailure, UserError
 from fcagent.graph import AgentState, build_agent_graph
+from fcagent.middleware import TraceMiddleware
 from fcagent.models import load_chat_model
+from fcagent.recorder import TraceRecorder
+from fcagent.redact import Redactor
+from fcagent.store import TraceStore
 from fcagent.tasks import Problem, Task, Verdict, get_task
 from fcagent.teacher import ReferenceTeacher
 
@@ -12,9 +16,13 @@ __all__ = [
     "Call",
     "CallParseError",
     "Problem",
+    "Redactor",
     "ReferenceTeacher",
     "RunFailure",
     "Task",
+    "TraceMiddleware",
+    "TraceRecorder",
+    "TraceStore",
     "UserError",
     "Verdict",
     "build_agent_graph",
