@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Call", "CallParseError", "parse_calls", "format_calls", "MAX_CALL_TEXT_CHARS"]
+__all__ = ["Call", "CallParseError", "parse_calls", "format_calls", "schema_error", "MAX_CALL_TEXT_CHARS"]
 
 # Model output longer than this is refused before parsing: a 135M model that loops can emit
 # megabytes, and nested structures that deep are never a real call.
@@ -217,3 +217,26 @@ def format_calls(calls: list[Call]) -> str:
     """The text-protocol rendering of calls (what a teacher writes and the parser reads back)."""
     objs = [{"name": c.name, "arguments": c.args} for c in calls]
     return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
+
+
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float),
+                                                    "boolean": bool, "array": list, "object": dict}
+
+
+def schema_error(parameters: dict[str, Any], args: dict[str, Any]) -> str | None:
+    """Why `args` do not fit a JSON-Schema `parameters` object (required, unknown, top-level types)."""
+    props = parameters.get("properties", {}) or {}
+    missing = [r for r in parameters.get("required", []) if r not in args]
+    if missing:
+        return f"missing required argument(s) {', '.join(missing)}"
+    unknown = [k for k in args if k not in props]
+    if unknown:
+        return f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(props) or 'none'}"
+    for key, value in args.items():
+        declared = props[key].get("type") if isinstance(props[key], dict) else None
+        want = _JSON_TYPES.get(declared) if isinstance(declared, str) else None
+        if want is None:
+            continue
+        if not isinstance(value, want) or (isinstance(value, bool) and declared != "boolean"):
+            return f"`{key}` must be {declared}, got {type(value).__name__}"
+    return None

@@ -27,7 +27,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from pydantic import BaseModel, ValidationError
 
-from fcagent.calls import Call, CallParseError, parse_calls
+from fcagent.calls import Call, CallParseError, parse_calls, schema_error
 from fcagent.errors import UserError
 from fcagent.prompting import OBSERVATION_PREFIX, render_system_prompt, tool_schemas
 from fcagent.tasks.base import Problem, Task, WorkedExample
@@ -111,19 +111,7 @@ def _validate_args(tool: BaseTool, args: dict[str, Any]) -> str | None:
             return f"`{loc}`: {first['msg']}"
         return None
     if isinstance(schema, dict):
-        props = schema.get("properties", {})
-        missing = [r for r in schema.get("required", []) if r not in args]
-        if missing:
-            return f"missing required argument(s) {', '.join(missing)}"
-        unknown = [k for k in args if k not in props]
-        if unknown:
-            return f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(props)}"
-        types = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list,
-                 "object": dict}
-        for k, v in args.items():
-            want = types.get(props[k].get("type", ""))
-            if want and (not isinstance(v, want) or (isinstance(v, bool) and props[k]["type"] != "boolean")):
-                return f"`{k}` must be {props[k]['type']}, got {type(v).__name__}"
+        return schema_error(schema, args)
     return None
 
 

@@ -1,0 +1,483 @@
+"""The exporter: labelled traces become DPO preference pairs and SFT rows in TRL's formats.
+
+Every candidate completion is judged from its labels and its own structure:
+
+* **good** — parsed, schema-valid, executed without error (the graph's step label) in an episode the
+  verifier accepted; or a replayed student candidate labelled good;
+* **bad** — a parse error, an unknown function, schema-invalid arguments or a tool error (any label
+  with success = False on the candidate, or found by re-checking the candidate against the tools);
+* **diverged** — a valid step of a failed episode: bad only where a successful chain made a
+  *different* call from the identical context (the first divergence);
+* **unknown** — anything else (e.g. another valid call sampled beside the executed one).
+
+Candidates are grouped by their context (messages + tools, hashed after canonicalisation), so a pair
+always shares one prompt. Three pair sources, named by where the rejected side comes from:
+
+* ``step`` — the rejected candidate is invalid (a sibling sample, or another episode's step);
+* ``trajectory`` — the paper's unit, a successful chain vs a failed one of the same problem, anchored
+  at the step where they diverge: the prompt is everything they share (the question, the common calls
+  and their observations), chosen and rejected are the diverging assistant turns. Observations after
+  that point are tool output, not model output; TRL's DPO trains on every token after the prompt, so
+  putting later turns with their observations into chosen/rejected would teach the model to write tool
+  results. The later steps of the good chain are contexts of their own (SFT rows, and pairs where a
+  failure shares them);
+* ``teacher_student`` — the rejected candidate is the student's own output, replayed on a teacher's
+  context (`fcagent replay`) or escalated by `StudentMiddleware`.
+
+Rows are written in the *student view*: exactly the messages `LocalChatModel` renders at inference
+(tools described in the system prompt, tool results as `Observation:` user turns), so the prompt TRL
+trains on is the prompt the student will see; and no prompt ends with a `tool` message (TRL's chat
+template handling fails for some templates there). A `tools` column (JSON) keeps the schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.messages import SystemMessage
+from pydantic import BaseModel, Field
+
+from fcagent.calls import Call, CallParseError, format_calls, parse_calls, schema_error
+from fcagent.errors import UserError
+from fcagent.local_model import to_chat_dicts
+from fcagent.prompting import render_system_prompt
+from fcagent.records import to_langchain
+from fcagent.redact import Redactor
+from fcagent.store import TraceStore, open_store
+from fcagent.tasks.base import split_of
+
+__all__ = ["PreferencePair", "SftRow", "ExportSettings", "ExportResult", "ExportError", "export_preference_pairs",
+           "export_sft", "validate_pair", "load_pairs", "STUDENT_ROLES"]
+
+PairSource = Literal["step", "trajectory", "teacher_student"]
+STUDENT_ROLES = ("student", "student-replay", "student-escalated")
+
+
+class ExportError(UserError):
+    """The store cannot yield the requested data; the message says why and what to do."""
+
+
+class PreferencePair(BaseModel):
+    """One row of TRL's conversational preference format, plus provenance columns."""
+
+    prompt: list[dict[str, Any]]
+    chosen: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    tools: str = "[]"  # JSON list of function schemas (TRL decodes a JSON string)
+    source: PairSource
+    task: str | None = None
+    problem_id: str | None = None
+    context_hash: str
+    rejected_reason: str = ""
+
+
+class SftRow(BaseModel):
+    messages: list[dict[str, Any]]
+    tools: str = "[]"
+    task: str | None = None
+    problem_id: str | None = None
+    context_hash: str
+
+
+class ExportSettings(BaseModel):
+    level: Literal["step", "trajectory", "both"] = Field("both", description="Which pair sources besides teacher_student.")
+    teacher_student: bool = Field(True, description="Include teacher-vs-student pairs.")
+    task: str | None = Field(None, description="Only this task family.")
+    exclude_splits: tuple[str, ...] = Field(("test",), description="Splits whose problems never appear in exports.")
+    max_pairs_per_context: int = Field(4, ge=1)
+    max_pairs_per_problem: int = Field(16, ge=1)
+    seed: int = 0
+    redact: bool = True
+
+
+class ExportResult(BaseModel):
+    path: Path | None = None
+    rows: int = 0
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+def validate_pair(row: dict[str, Any], where: str = "row") -> None:
+    """Check a row against what TRL's DPOTrainer accepts; raises ExportError naming the field."""
+    for key in ("prompt", "chosen", "rejected"):
+        value = row.get(key)
+        if not isinstance(value, list) or not value:
+            raise ExportError(f"{where}: `{key}` must be a non-empty list of messages")
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+                raise ExportError(f"{where}: `{key}[{i}].role` must be system/user/assistant/tool")
+            if not isinstance(m.get("content", ""), str):
+                raise ExportError(f"{where}: `{key}[{i}].content` must be a string")
+    if row["prompt"][-1]["role"] == "assistant":
+        raise ExportError(f"{where}: the prompt must end with a user turn, not an assistant one")
+    if row["prompt"][-1]["role"] == "tool":
+        raise ExportError(f"{where}: the prompt ends with a `tool` message, which some chat templates cannot render")
+    for key in ("chosen", "rejected"):
+        if any(m["role"] != "assistant" for m in row[key]):
+            raise ExportError(f"{where}: `{key}` may only hold assistant messages (tool output is never trained on)")
+    if row["chosen"] == row["rejected"]:
+        raise ExportError(f"{where}: `chosen` and `rejected` are identical")
+    json.loads(row.get("tools", "[]"))
+
+
+# --- judging candidates --------------------------------------------------------------------------
+
+
+def _response(candidate: dict[str, Any]) -> str:
+    msg = candidate["message"]
+    if msg.get("content", "").strip():
+        return msg["content"]
+    if msg.get("tool_calls"):
+        return format_calls([Call(name=c["name"], args=c.get("args", {})) for c in msg["tool_calls"]])
+    return msg.get("content", "")
+
+
+def _identity(candidate: dict[str, Any]) -> str:
+    """Equal for candidates that make the same calls (whatever their spacing), else the text."""
+    calls = candidate.get("calls")
+    if calls:
+        return json.dumps([[c["name"], c.get("args", {})] for c in calls], sort_keys=True, default=str)
+    return _response(candidate).strip()
+
+
+def _structural_error(candidate: dict[str, Any], tools: list[dict[str, Any]], protocol: str | None) -> str | None:
+    if candidate.get("parse_error"):
+        return f"parse_error: {candidate['parse_error']}"
+    calls = candidate.get("calls")
+    if calls is None and protocol == "text":
+        try:
+            calls = [{"name": c.name, "args": c.args} for c in parse_calls(_response(candidate))]
+        except CallParseError as exc:
+            return f"parse_error: {exc}"
+    if not calls or not tools:
+        return None
+    by_name = {t.get("function", t).get("name"): t.get("function", t) for t in tools}
+    for c in calls:
+        fn = by_name.get(c["name"])
+        if fn is None:
+            return f"unknown_function: {c['name']}"
+        why = schema_error(fn.get("parameters") or {}, c.get("args") or {})
+        if why:
+            return f"invalid_arguments: {why}"
+    return None
+
+
+def _judge(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(verdict, reason) per candidate: good | bad | diverged | unknown."""
+    labels = json.loads(row["labels"]) if row["labels"] else []
+    candidates = json.loads(row["candidates"])
+    tools = json.loads(row["tools"])
+    ep_ok = row["ep_success"]
+    role = row["role"]
+    out: list[tuple[str, str]] = []
+    for i, cand in enumerate(candidates):
+        mine = [lb for lb in labels if lb["candidate"] == i or (lb["candidate"] is None and i == 0)]
+        explicit = mine[-1] if mine else None
+        if explicit is not None and not explicit["success"]:
+            out.append(("bad", explicit["reason"]))
+            continue
+        structural = _structural_error(cand, tools, row["protocol"])
+        if structural:
+            out.append(("bad", structural))
+            continue
+        if explicit is None and i > 0 and out and _identity(cand) == _identity(candidates[0]):
+            out.append(out[0])  # the same call as the executed candidate has its outcome
+            continue
+        if explicit is not None and (role in STUDENT_ROLES or ep_ok is None):
+            out.append(("good", explicit["reason"]) if explicit["source"] != "graph" or ep_ok else ("unknown", ""))
+        elif explicit is not None and ep_ok:
+            out.append(("good", "step of an accepted episode"))
+        elif explicit is not None and ep_ok is not None and not ep_ok:
+            out.append(("diverged", "step of a failed episode"))
+        else:
+            out.append(("unknown", ""))
+    return out
+
+
+_GROUP_SQL = """
+SELECT c.id, c.episode_id, c.context_hash, c.protocol, c.messages, c.tools, c.candidates,
+       e.task, e.problem_id, e.split, json_extract(e.metadata, '$.fcagent_role') AS role,
+       (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS ep_success,
+       (SELECT json_group_array(json_object('candidate', l.candidate, 'success', l.success, 'reason', l.reason,
+                                            'source', l.source))
+          FROM (SELECT * FROM labels WHERE target_id = c.id ORDER BY id) l) AS labels
+FROM completions c JOIN episodes e ON e.id = c.episode_id
+WHERE e.status = 'complete' {task_filter}
+ORDER BY c.context_hash, e.started_at, c.seq
+"""
+
+
+def _groups(store: TraceStore, settings: ExportSettings, dropped: Counter) -> Iterator[list[dict[str, Any]]]:
+    """Completions grouped by context, streamed from SQLite in context order (flat memory)."""
+    conn = sqlite3.connect(store.path, timeout=60)
+    conn.row_factory = sqlite3.Row
+    params: tuple = ()
+    task_filter = ""
+    if settings.task:
+        task_filter, params = "AND e.task = ?", (settings.task,)
+    try:
+        cur = conn.execute(_GROUP_SQL.format(task_filter=task_filter), params)
+        group: list[dict[str, Any]] = []
+        while rows := cur.fetchmany(500):
+            for r in rows:
+                row = dict(r)
+                split = row["split"] or (split_of(row["problem_id"]) if row["problem_id"] else None)
+                if split in settings.exclude_splits:
+                    dropped[f"{split} split (never exported)"] += 1
+                    continue
+                if group and group[0]["context_hash"] != row["context_hash"]:
+                    yield group
+                    group = []
+                group.append(row)
+        if group:
+            yield group
+    finally:
+        conn.close()
+
+
+def _student_view(row: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = [to_langchain(m) for m in json.loads(row["messages"])]
+    tools = json.loads(row["tools"])
+    if row["protocol"] != "text" and tools:  # what LocalChatModel.render puts in front of native calls
+        messages = [SystemMessage(render_system_prompt(tools)), *messages]
+    return to_chat_dicts(messages)
+
+
+def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reasons: Counter,
+                     dropped: Counter) -> tuple[list[PreferencePair], list[SftRow]]:
+    good: dict[str, tuple[str, dict]] = {}
+    bad: dict[str, tuple[PairSource, str, str, dict]] = {}
+    diverged: list[tuple[str, str, dict]] = []
+    for row in group:
+        candidates = json.loads(row["candidates"])
+        student = row["role"] in STUDENT_ROLES
+        for cand, (verdict, reason) in zip(candidates, _judge(row)):
+            key = _identity(cand)
+            if verdict == "good":
+                good.setdefault(key, (_response(cand), row))
+            elif verdict == "bad":
+                source: PairSource = "teacher_student" if student else "step"
+                bad.setdefault(key, (source, reason, _response(cand), row))
+            elif verdict == "diverged":
+                diverged.append((key, _response(cand), row))
+            elif verdict == "unknown":
+                dropped["candidate without a usable label"] += 1
+    # Where a good answer makes no call (BFCL irrelevance: "none of the functions applies"), a
+    # reply in words is not a parse failure; only calls are wrong there.
+    if any(not k.startswith("[[") for k in good):
+        for key in [k for k, v in bad.items() if v[1].startswith("parse_error")]:
+            del bad[key]
+            dropped["reply in words where words are right"] += 1
+    for key, text, row in diverged:
+        if key not in good and key not in bad and good:  # differs from a successful chain's step here
+            source = "teacher_student" if row["role"] in STUDENT_ROLES else "trajectory"
+            bad[key] = (source, "diverges from a successful chain", text, row)
+    base = group[0]
+    tools_json = base["tools"]
+    sft = []
+    prompt = None
+    if good:
+        prompt = _student_view(base)
+        sft = [SftRow(messages=[*prompt, {"role": "assistant", "content": text}], tools=tools_json,
+                      task=row["task"], problem_id=row["problem_id"], context_hash=base["context_hash"])
+               for text, row in good.values()]
+    pairs: list[PreferencePair] = []
+    wanted = {"step": settings.level in ("step", "both"), "trajectory": settings.level in ("trajectory", "both"),
+              "teacher_student": settings.teacher_student}
+    for source, reason, rejected_text, row in bad.values():
+        if not good:
+            dropped["bad candidate with no good one in its context"] += 1
+            continue
+        if not wanted[source]:
+            dropped[f"{source} pairs not requested"] += 1
+            continue
+        for chosen_text, good_row in good.values():
+            if len(pairs) >= settings.max_pairs_per_context:
+                dropped["over the per-context cap"] += 1
+                break
+            pairs.append(PreferencePair(
+                prompt=prompt, chosen=[{"role": "assistant", "content": chosen_text}],
+                rejected=[{"role": "assistant", "content": rejected_text}], tools=tools_json, source=source,
+                task=good_row["task"], problem_id=good_row["problem_id"], context_hash=base["context_hash"],
+                rejected_reason=reason))
+            reasons[reason.split(":")[0]] += 1
+    return pairs, sft
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _atomic_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def _shuffled(spool: Path, seed: int) -> Iterator[dict[str, Any]]:
+    """Rows of a spool file in a seeded random order, holding only their offsets in memory."""
+    offsets = []
+    with spool.open("rb") as f:
+        pos = 0
+        for line in f:
+            offsets.append(pos)
+            pos += len(line)
+    random.Random(seed).shuffle(offsets)
+    with spool.open("rb") as f:
+        for off in offsets:
+            f.seek(off)
+            yield json.loads(f.readline())
+
+
+def _unlabelled_message(store: TraceStore) -> str:
+    stats = store.stats()
+    return (f"{store.path} has {stats['episodes']} episodes and {stats['unlabelled_episodes']} of them have no "
+            "label, so no candidate can be judged good or bad. Run task problems through fcagent's graph (it "
+            "labels its own episodes), or label episodes with `fcagent traces label ID --good/--bad` / "
+            "`store.label(id, success, reason)`.")
+
+
+def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo", "sft"], settings: ExportSettings,
+            tokenizer: Any = None) -> ExportResult:
+    trace_store = open_store(store)
+    if trace_store.count() == 0:
+        raise ExportError(f"{trace_store.path} has no episodes: run `fcagent harvest` first")
+    redactor = Redactor() if settings.redact else None
+    reasons: Counter = Counter()
+    dropped: Counter = Counter()
+    by_source: Counter = Counter()
+    by_task: Counter = Counter()
+    per_problem: Counter = Counter()
+    lengths: dict[str, list[int]] = {"prompt": [], "completion": []}
+    seen: set[str] = set()
+    out_dir = Path(out) if out else Path(tempfile.mkdtemp(prefix="fcagent-export-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spool = out_dir / f".{kind}.spool"
+    n = 0
+
+    def measure(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(text)
+
+    with spool.open("w", encoding="utf-8") as f:
+        for group in _groups(trace_store, settings, dropped):
+            pairs, sft = _pairs_for_group(group, settings, reasons, dropped)
+            rows = pairs if kind == "dpo" else sft
+            for row in rows:
+                data = row.model_dump()
+                if redactor is not None:
+                    for key in ("prompt", "chosen", "rejected", "messages", "tools"):
+                        if key in data:
+                            data[key] = redactor.redact_value(data[key])
+                identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
+                                       data.get("rejected")], sort_keys=True)
+                if identity in seen:
+                    dropped["duplicate"] += 1
+                    continue
+                problem = f"{data.get('task')}:{data.get('problem_id')}"
+                if data.get("problem_id") and per_problem[problem] >= settings.max_pairs_per_problem:
+                    dropped["over the per-problem cap"] += 1
+                    continue
+                if kind == "dpo":
+                    validate_pair(data, where=f"pair for context {data['context_hash']}")
+                seen.add(identity)
+                per_problem[problem] += 1
+                by_source[data.get("source", "sft")] += 1
+                by_task[data.get("task") or "-"] += 1
+                prompt_msgs = data.get("prompt") or data["messages"][:-1]
+                lengths["prompt"].append(measure("".join(m["content"] for m in prompt_msgs)))
+                completion = data["chosen"][0]["content"] if kind == "dpo" else data["messages"][-1]["content"]
+                lengths["completion"].append(measure(completion))
+                f.write(json.dumps(data, ensure_ascii=False) + "\n")
+                n += 1
+    seen.clear()
+    if n == 0:
+        spool.unlink(missing_ok=True)
+        stats = trace_store.stats()
+        if stats["labels"] == 0 or stats["unlabelled_episodes"] == stats["episodes"]:
+            raise ExportError(_unlabelled_message(trace_store))
+        why = ", ".join(f"{k}: {v}" for k, v in dropped.most_common()) or "no candidate pairs"
+        raise ExportError(f"no {kind} rows from {trace_store.path} ({why}). DPO pairs need a good and a bad "
+                          "candidate from the same context: sample several candidates (`harvest --samples 4`), "
+                          "or replay the student on teacher contexts (`fcagent replay`).")
+    path = out_dir / ("pairs.jsonl" if kind == "dpo" else "sft.jsonl")
+    _atomic_jsonl(path, _shuffled(spool, settings.seed))
+    spool.unlink(missing_ok=True)
+
+    def summary(values: list[int]) -> dict[str, float]:
+        if not values:
+            return {}
+        s = sorted(values)
+        return {"mean": round(sum(s) / len(s), 1), "p50": s[len(s) // 2], "max": s[-1]}
+
+    stats = {"kind": kind, "rows": n, "by_source": dict(by_source), "by_task": dict(by_task),
+             "rejected_reasons": dict(reasons), "dropped": dict(dropped),
+             "length_unit": "tokens" if tokenizer is not None else "characters",
+             "prompt_length": summary(lengths["prompt"]), "completion_length": summary(lengths["completion"]),
+             "settings": settings.model_dump(mode="json"), "store": str(trace_store.path)}
+    if redactor is not None:
+        stats["redacted"] = dict(redactor.counts)
+    _atomic_jsonl(out_dir / f"stats.{kind}.json.tmp", iter([stats]))
+    os.replace(out_dir / f"stats.{kind}.json.tmp", out_dir / f"stats.{kind}.json")
+    return ExportResult(path=path, rows=n, stats=stats)
+
+
+def export_preference_pairs(store: Any, out: str | os.PathLike[str] | None = None, *, tokenizer: Any = None,
+                            **settings: Any) -> ExportResult:
+    """DPO pairs from a store into `out/pairs.jsonl` (+ `stats.dpo.json`); see the module docs."""
+    return _export(store, out, "dpo", ExportSettings(**settings), tokenizer)
+
+
+def export_sft(store: Any, out: str | os.PathLike[str] | None = None, *, tokenizer: Any = None,
+               **settings: Any) -> ExportResult:
+    """SFT rows (TRL's conversational `messages` format) of the good completions into `out/sft.jsonl`."""
+    return _export(store, out, "sft", ExportSettings(**settings), tokenizer)
+
+
+def load_pairs(path: str | os.PathLike[str], kind: Literal["dpo", "sft"] = "dpo"):
+    """A `datasets.Dataset` from an export folder or file (JSONL or `save_to_disk` folder), validated."""
+    from datasets import Dataset, load_from_disk
+
+    path = Path(path)
+    if path.is_dir() and (path / "dataset_info.json").exists():
+        ds = load_from_disk(str(path))
+        rows = ds.to_list()
+    else:
+        file = path / ("pairs.jsonl" if kind == "dpo" else "sft.jsonl") if path.is_dir() else path
+        if not file.exists():
+            raise ExportError(f"{file} does not exist; export with `fcagent export --kind {kind}` first")
+        rows = []
+        with file.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ExportError(f"{file}:{lineno}: invalid JSON ({exc.msg})") from None
+    need = ("prompt", "chosen", "rejected") if kind == "dpo" else ("messages",)
+    for i, row in enumerate(rows, 1):
+        missing = [k for k in need if k not in row]
+        if missing:
+            raise ExportError(f"{path}: row {i} has no column(s) {', '.join(missing)} (expected {', '.join(need)})")
+        if kind == "dpo":
+            validate_pair(row, where=f"{path}: row {i}")
+    if not rows:
+        raise ExportError(f"{path} holds no rows")
+    keep = [*need, "tools"]
+    return Dataset.from_list([{k: row.get(k, "[]") for k in keep} for row in rows])
