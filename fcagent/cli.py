@@ -187,6 +187,63 @@ def traces_label(target_id: str, success: Annotated[bool, typer.Option("--good/-
     console.print("labelled")
 
 
+@app.command("export")
+def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("pairs"),
+               store: StoreOpt = Path(DEFAULT_STORE),
+               kind: Annotated[str, typer.Option(help="dpo (preference pairs) or sft (good completions).")] = "dpo",
+               level: Annotated[str, typer.Option(help="step, trajectory or both.")] = "both",
+               teacher_student: Annotated[bool, typer.Option(help="Include teacher-vs-student pairs.")] = True,
+               task: Annotated[Optional[str], typer.Option(help="Only this task family.")] = None,
+               max_pairs_per_context: int = 4, max_pairs_per_problem: int = 16, seed: int = 0,
+               redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
+               dataset: Annotated[bool, typer.Option(help="Also write a datasets.Dataset (save_to_disk).")] = True) -> None:
+    """Export labelled traces as DPO pairs or SFT rows in TRL's conversational format."""
+    from fcagent.export import export_preference_pairs, export_sft, load_pairs
+
+    settings = dict(level=level, teacher_student=teacher_student, task=task, max_pairs_per_context=max_pairs_per_context,
+                    max_pairs_per_problem=max_pairs_per_problem, seed=seed, redact=redact)
+    result = (export_preference_pairs if kind == "dpo" else export_sft)(store, out, **settings)
+    if dataset:
+        load_pairs(result.path, kind).save_to_disk(str(out / f"dataset-{kind}"))
+    stats = result.stats
+    table = Table("rows", "by source", "by task", "rejected reasons", "dropped")
+    table.add_row(str(stats["rows"]), json.dumps(stats["by_source"]), json.dumps(stats["by_task"]),
+                  json.dumps(stats["rejected_reasons"]), json.dumps(stats["dropped"]))
+    console.print(table)
+    console.print(f"wrote {result.path} and {out / f'stats.{kind}.json'}")
+
+
+@app.command("train")
+def train_cmd(pairs: Annotated[Path, typer.Option(help="Export folder (pairs.jsonl / sft.jsonl) or a saved dataset.")],
+              student: Annotated[str, typer.Option(help="Student model spec.")] = "bundled:smollm2-135m",
+              method: Annotated[str, typer.Option(help="dpo, sft, rpo or sft-dpo.")] = "dpo",
+              out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/student"),
+              epochs: Annotated[Optional[float], typer.Option(help="Epochs.")] = None,
+              max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides epochs).")] = None,
+              config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainSettings fields (lora: for LoRA).")] = None,
+              merge: Annotated[bool, typer.Option(help="Also write a merged model that loads with plain transformers.")] = False,
+              trl_defaults: Annotated[bool, typer.Option(help="TRL's own defaults, for comparison.")] = False) -> None:
+    """Train the student with TRL (DPO/SFT/RPO/SFT-then-DPO) and a LoRA adapter."""
+    from fcagent.train import LoraSettings, TrainSettings, train
+
+    fields: dict = {}
+    lora: dict = {}
+    if config is not None:
+        import yaml
+
+        fields = yaml.safe_load(config.read_text()) or {}
+        lora = fields.pop("lora", {}) or {}
+    fields["method"] = method
+    if epochs is not None:
+        fields["epochs"] = epochs
+    if max_steps is not None:
+        fields["max_steps"] = max_steps
+    if trl_defaults:
+        fields["trl_defaults"] = True
+    result = train(pairs, student, out, settings=TrainSettings(**fields), lora=LoraSettings(**lora), merge=merge)
+    console.print(result.model_dump(mode="json"))
+
+
 def main() -> None:
     try:
         app()

@@ -73,10 +73,9 @@ def _local(path: Path, spec: str, **kwargs: Any) -> BaseChatModel:
 
     from fcagent.local_model import LocalChatModel
 
-    dtype = kwargs.pop("dtype", torch.float32)
-    manifest = path / RUN_MANIFEST
-    if manifest.exists():
+    if (path / RUN_MANIFEST).exists():
         return _from_run(path, **kwargs)
+    dtype = kwargs.pop("dtype", torch.float32)
     if not (path / "config.json").exists():
         raise UserError(f"{path} is not a model folder (no config.json) nor an fcagent run folder (no {RUN_MANIFEST})")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -86,27 +85,44 @@ def _local(path: Path, spec: str, **kwargs: Any) -> BaseChatModel:
 
 
 def _from_run(run_dir: Path, **kwargs: Any) -> BaseChatModel:
-    """A trained student: its base model plus the run's LoRA adapter, with the run's prompt style."""
+    """A trained student: its base model with the run's LoRA adapters merged in, and its prompt style.
+
+    Adapters load from safetensors only (never a pickle), and each must match the sha256 recorded
+    when it was trained, so a tampered file is refused.
+    """
+    import hashlib
+
     from fcagent.local_model import LocalChatModel
 
-    manifest = json.loads((run_dir / RUN_MANIFEST).read_text())
-    adapter = run_dir / "adapter"
+    try:
+        manifest = json.loads((run_dir / RUN_MANIFEST).read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{run_dir / RUN_MANIFEST} is not valid JSON ({exc.msg})") from None
     merged = run_dir / "merged"
-    if merged.exists() and (merged / "config.json").exists():
-        model = load_chat_model(str(merged), **kwargs)
+    if (merged / "config.json").exists():
+        model = _local(merged, str(merged), **kwargs)
     else:
-        if not (adapter / "adapter_model.safetensors").exists():
-            raise UserError(f"{run_dir} has no adapter (expected {adapter / 'adapter_model.safetensors'})")
-        base = load_chat_model(manifest["base_model"], **kwargs)
+        adapters = manifest.get("adapters") or ["adapter"]
+        for name in adapters:
+            weights = run_dir / name / "adapter_model.safetensors"
+            if not weights.exists():
+                pickled = list((run_dir / name).glob("*.bin")) if (run_dir / name).exists() else []
+                hint = " (a pickle .bin adapter is never loaded)" if pickled else ""
+                raise UserError(f"{run_dir} has no adapter: expected {weights}{hint}")
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+            expected = (manifest.get("adapter_sha256") or {}).get(name)
+            if expected and digest != expected:
+                raise UserError(f"{weights} does not match the sha256 recorded at training ({expected[:12]}…); "
+                                "refusing a modified adapter")
+        model = load_chat_model(manifest["base_model"], **kwargs)
         from peft import PeftModel
 
-        base.hf_model = PeftModel.from_pretrained(base.hf_model, adapter)
-        base.hf_model.eval()
-        model = base
+        for name in adapters:
+            model.hf_model = PeftModel.from_pretrained(model.hf_model, run_dir / name).merge_and_unload()
+        model.hf_model.eval()
     assert isinstance(model, LocalChatModel)
     model.model_name = str(run_dir)
     model.prompt_style = manifest.get("prompt_style", model.prompt_style)
-    model.response_prefix = kwargs.get("response_prefix", manifest.get("response_prefix", ""))
     return model
 
 
