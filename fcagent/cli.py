@@ -244,6 +244,75 @@ def train_cmd(pairs: Annotated[Path, typer.Option(help="Export folder (pairs.jso
     console.print(result.model_dump(mode="json"))
 
 
+@app.command("replay")
+def replay_cmd(student: Annotated[str, typer.Option(help="Student model spec (a run folder or bundled:NAME).")],
+               store: StoreOpt = Path(DEFAULT_STORE), task: TaskOpt = "math",
+               samples: Annotated[int, typer.Option(help="Candidates per context.")] = 4,
+               temperature: float = 0.8, limit: Annotated[Optional[int], typer.Option(help="Contexts to replay.")] = None,
+               data_dir: DataOpt = None) -> None:
+    """Replay good teacher contexts through the student and record its failures (teacher-vs-student pairs)."""
+    from fcagent.models import load_chat_model
+    from fcagent.replay import replay
+    from fcagent.tasks import get_task
+
+    model = load_chat_model(student, max_new_tokens=get_task(task).max_new_tokens)
+    console.print(replay(store, model, student_name=student, task=task, samples=samples, temperature=temperature,
+                         limit=limit, data_dir=data_dir, progress=_progress()))
+
+
+@app.command("eval")
+def eval_cmd(model: Annotated[list[str], typer.Option("--model", help="NAME=SPEC or SPEC; repeat for each model.")],
+             task: TaskOpt = "math", split: str = "test", limit: int = 100,
+             out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval"),
+             protocol: str = "auto", data_dir: DataOpt = None) -> None:
+    """Evaluate models on the same held-out problems: accuracy with CIs, McNemar tests, tokens, time."""
+    from fcagent.evaluate import evaluate
+    from fcagent.tasks import get_task
+
+    models = {}
+    for item in model:
+        name, _, spec = item.partition("=") if "=" in item and not item.startswith(("/", ".")) else (None, "", item)
+        models[name or Path(spec).name or spec] = spec
+    report = evaluate(models, task=task, split=split, limit=limit, out_dir=out, data_dir=data_dir, protocol=protocol,
+                      progress=_progress(), model_kwargs={"max_new_tokens": get_task(task).max_new_tokens})
+    _print_report(report)
+    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'evaluation.png'}")
+
+
+def _print_report(report: dict) -> None:
+    table = Table("model", "correct", "accuracy (95% CI)", "valid calls", "steps", "tokens/problem", "s/problem",
+                  title=f"{report['task']} · {report['n_problems']} held-out problems")
+    for m in report["models"].values():
+        table.add_row(m["name"], f"{m['correct']}/{m['n']}", f"{m['accuracy']:.1%} ({m['ci95'][0]:.0%}–{m['ci95'][1]:.0%})",
+                      f"{m['valid_call_rate']:.0%}", f"{m['mean_steps']:.1f}",
+                      f"{m['prompt_tokens_per_problem'] + m['completion_tokens_per_problem']:.0f}",
+                      f"{m['wall_s_per_problem']:.2f}")
+    console.print(table)
+    for pair, t in report["mcnemar"].items():
+        console.print(f"McNemar {pair}: {t['only_a']} vs {t['only_b']} discordant, p = {t['p_value']:.3g}")
+
+
+@app.command()
+def distill(task: TaskOpt = "bfcl:simple_python",
+            teacher: Annotated[str, typer.Option(help="`reference` (gold chains, offline), a local spec, or provider:model.")] = "reference",
+            student: Annotated[str, typer.Option(help="Student model spec.")] = "bundled:smollm2-135m",
+            out: Annotated[Path, typer.Option("--out", help="Run folder (every stage resumes from it).")] = Path("runs/distill"),
+            preset: Annotated[str, typer.Option(help="quick (under 10 minutes on a 2-core CPU) or full.")] = "quick",
+            method: Annotated[Optional[list[str]], typer.Option("--method", help="Methods to train (default: the preset's).")] = None,
+            baseline: Annotated[str, typer.Option(help="The baseline method; `sft` trains SFT on the same chosen completions.")] = "sft",
+            data_dir: DataOpt = None) -> None:
+    """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
+    from fcagent.distill import distill as run_distill
+
+    methods = list(method) if method else None
+    if methods and baseline and baseline not in methods:
+        methods = [baseline, *methods]
+    report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=preset, methods=methods,
+                         data_dir=data_dir, progress_factory=_progress, log=console.print)
+    _print_report(report)
+    console.print(f"report: {out / 'report.md'}  plots: {out / 'evaluation.png'}")
+
+
 def main() -> None:
     try:
         app()

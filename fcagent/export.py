@@ -54,7 +54,7 @@ from fcagent.redact import Redactor
 from fcagent.store import TraceStore, open_store
 from fcagent.tasks.base import split_of
 
-__all__ = ["PreferencePair", "SftRow", "ExportSettings", "ExportResult", "ExportError", "export_preference_pairs",
+__all__ = ["candidate_identity", "structural_error", "PreferencePair", "SftRow", "ExportSettings", "ExportResult", "ExportError", "export_preference_pairs",
            "export_sft", "validate_pair", "load_pairs", "STUDENT_ROLES"]
 
 PairSource = Literal["step", "trajectory", "teacher_student"]
@@ -139,7 +139,7 @@ def _response(candidate: dict[str, Any]) -> str:
     return msg.get("content", "")
 
 
-def _identity(candidate: dict[str, Any]) -> str:
+def candidate_identity(candidate: dict[str, Any]) -> str:
     """Equal for candidates that make the same calls (whatever their spacing), else the text."""
     calls = candidate.get("calls")
     if calls:
@@ -147,7 +147,7 @@ def _identity(candidate: dict[str, Any]) -> str:
     return _response(candidate).strip()
 
 
-def _structural_error(candidate: dict[str, Any], tools: list[dict[str, Any]], protocol: str | None) -> str | None:
+def structural_error(candidate: dict[str, Any], tools: list[dict[str, Any]], protocol: str | None) -> str | None:
     if candidate.get("parse_error"):
         return f"parse_error: {candidate['parse_error']}"
     calls = candidate.get("calls")
@@ -183,11 +183,11 @@ def _judge(row: dict[str, Any]) -> list[tuple[str, str]]:
         if explicit is not None and not explicit["success"]:
             out.append(("bad", explicit["reason"]))
             continue
-        structural = _structural_error(cand, tools, row["protocol"])
+        structural = structural_error(cand, tools, row["protocol"])
         if structural:
             out.append(("bad", structural))
             continue
-        if explicit is None and i > 0 and out and _identity(cand) == _identity(candidates[0]):
+        if explicit is None and i > 0 and out and candidate_identity(cand) == candidate_identity(candidates[0]):
             out.append(out[0])  # the same call as the executed candidate has its outcome
             continue
         if explicit is not None and (role in STUDENT_ROLES or ep_ok is None):
@@ -259,7 +259,7 @@ def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reas
         candidates = json.loads(row["candidates"])
         student = row["role"] in STUDENT_ROLES
         for cand, (verdict, reason) in zip(candidates, _judge(row)):
-            key = _identity(cand)
+            key = candidate_identity(cand)
             if verdict == "good":
                 good.setdefault(key, (_response(cand), row))
             elif verdict == "bad":

@@ -25,7 +25,46 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from fcagent.calls import CallParseError, format_calls, parse_calls
 from fcagent.prompting import OBSERVATION_PREFIX, render_system_prompt, tool_schemas
 
-__all__ = ["LocalChatModel", "to_chat_dicts"]
+__all__ = ["LocalChatModel", "to_chat_dicts", "call_end"]
+
+
+def call_end(text: str) -> int | None:
+    """Where a reply that opens with a call (`{`, `[` or `name(`) closes it, or None if it has not.
+
+    Generation stops there: a small model that has written its call tends to keep talking (and to
+    invent the tool's answer), which costs decode time and teaches nothing. Brackets inside JSON or
+    Python strings do not count.
+    """
+    i = len(text) - len(text.lstrip())
+    if i >= len(text):
+        return None
+    head = text[i]
+    if head not in "{[":
+        j = i
+        while j < len(text) and (text[j].isalnum() or text[j] in "_."):
+            j += 1
+        if j == i or j >= len(text) or text[j] != "(":
+            return None
+    depth, quote, escaped = 0, "", False
+    for k in range(i, len(text)):
+        ch = text[k]
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth -= 1
+            if depth == 0:
+                return k + 1
+    return None
 
 
 def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -66,6 +105,9 @@ class LocalChatModel(BaseChatModel):
     response_prefix: str = Field(default="", description="Text the reply is forced to start with.")
     preferred_protocol: str = "text"
     prompt_style: str = Field(default="examples", description="'examples' (teacher-style prompt) or 'zero-shot'.")
+    stop_at_call_end: bool = Field(default=True, description="Stop once a reply that opens with a call closes it.")
+    stop_sequences: list[str] = Field(default_factory=lambda: ["Observation:"],
+                                      description="Generation stops here (a model that writes the tool's answer itself).")
     seed: int | None = None
     hf_model: Any = Field(default=None, exclude=True)
     tokenizer: Any = Field(default=None, exclude=True)
@@ -109,6 +151,8 @@ class LocalChatModel(BaseChatModel):
             gen |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if stop:
             gen |= {"stop_strings": stop, "tokenizer": self.tokenizer}
+        if self.stop_at_call_end:
+            gen["stopping_criteria"] = [_call_end_criteria(self.tokenizer, input_ids.shape[1], self.response_prefix)]
         with self._lock, torch.inference_mode():
             if self.seed is not None:
                 torch.manual_seed(self.seed)
@@ -131,6 +175,10 @@ class LocalChatModel(BaseChatModel):
             for s in stop or []:
                 if s in text:
                     text = text[: text.index(s)]
+            if self.stop_at_call_end:
+                end = call_end(self.response_prefix + text)
+                if end is not None:
+                    text = (self.response_prefix + text)[:end][len(self.response_prefix):]
             texts.append(text)
         return texts, input_ids.shape[1], counts
 
@@ -156,8 +204,9 @@ class LocalChatModel(BaseChatModel):
         if n > 1 and temperature == 0:
             temperature = 0.7  # identical greedy copies teach nothing; n>1 means sampling
         started = time.perf_counter()
+        stops = [*(stop or []), *self.stop_sequences] or None
         texts, prompt_tokens, counts = self._sample(self.render(messages, tools), n=n, temperature=temperature,
-                                                    max_new_tokens=max_new, stop=stop)
+                                                    max_new_tokens=max_new, stop=stops)
         elapsed = time.perf_counter() - started
         generations = []
         for text, count in zip(texts, counts):
@@ -193,3 +242,17 @@ class LocalChatModel(BaseChatModel):
                         run_manager.on_llm_new_token(piece, chunk=chunk)
                     yield chunk
             worker.join()
+
+
+def _call_end_criteria(tokenizer: Any, prompt_len: int, prefix: str) -> Any:
+    """A transformers StoppingCriteria: each row stops once its reply has closed its call."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class CallEndCriteria(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = [call_end(prefix + tokenizer.decode(row[prompt_len:], skip_special_tokens=True)) is not None
+                    for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return CallEndCriteria()

@@ -54,6 +54,7 @@ class TrainSettings(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Off: faster here and memory is not the limit.")
     precompute_ref_log_probs: bool | None = Field(None, description="None: on when epochs > 1.")
     sft_epochs: float = Field(3.0, description="SFT epochs of the sft-dpo warm start.")
+    warm_start: str | None = Field(None, description="sft-dpo: an SFT run folder to start from instead of training one.")
     seed: int = 0
     trl_defaults: bool = Field(False, description="Use TRL's own defaults (lr 1e-6, checkpointing) for comparison.")
     prompt_style: str = Field("examples", description="Prompt the student was trained with (recorded for eval).")
@@ -279,7 +280,18 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     stack: list[str] = []
     metrics: list[dict[str, Any]] = []
     steps = 0
-    if settings.method == "sft-dpo":
+    if settings.method == "sft-dpo" and settings.warm_start:
+        import shutil
+
+        from peft import PeftModel
+
+        warm = Path(settings.warm_start)
+        if not (warm / "adapter" / "adapter_model.safetensors").exists():
+            raise UserError(f"`warm_start` {warm} is not an SFT run folder (no adapter/adapter_model.safetensors)")
+        shutil.copytree(warm / "adapter", out / "sft_adapter", dirs_exist_ok=True)
+        model = PeftModel.from_pretrained(model, out / "sft_adapter").merge_and_unload()
+        stack.append("sft_adapter")
+    elif settings.method == "sft-dpo":
         sft_rows = _sft_rows_from_pairs(rows)
         model, m, s = _fit("sft-warm", model, tokenizer, sft_rows, settings, lora, out, "sft warm start")
         model.save_pretrained(out / "sft_adapter")

@@ -109,6 +109,8 @@ class Task:
     name: str = ""
     execute: bool = True
     instructions: str = ""
+    max_steps: int = 8  # the graph's step limit for this task
+    max_new_tokens: int = 64  # enough for one call of this task; a small model that rambles stops here
 
     def __init__(self, source: str | None = None, *, data_dir: str | Path | None = None):
         self.source = source

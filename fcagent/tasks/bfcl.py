@@ -192,6 +192,8 @@ class BfclTask(Task):
     """`bfcl:<category>` with the categories in `CATEGORIES` (default `simple_python`)."""
 
     name = "bfcl"
+    max_steps = 1
+    max_new_tokens = 96
     execute = False
     instructions = ("Answer the user's request by calling the right function(s) with the right arguments. "
                     "If no function fits the request, reply in words without a call.")

@@ -184,6 +184,8 @@ class LogicTask(Task):
     """`logic` (generated), `logic:prontoqa`, `logic:proofwriter`."""
 
     name = "logic"
+    max_steps = 10
+    max_new_tokens = 40
     instructions = ("Decide whether the statement is true or false. The facts and rules are not shown: look "
                     "them up one call at a time with facts_about and rules_about, following the categories "
                     "the entity belongs to. Then call final_answer with \"True\" or \"False\".")

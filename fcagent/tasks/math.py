@@ -187,6 +187,8 @@ class MathTask(Task):
     """`math` (generated problems), `math:gsm8k` (GSM8K test + train files)."""
 
     name = "math"
+    max_steps = 10
+    max_new_tokens = 48
     instructions = ("Solve the math word problem step by step with the calculator functions. Call one "
                     "function per step and use its result. When you have the number, call final_answer.")
 

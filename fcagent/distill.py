@@ -1,0 +1,189 @@
+"""`fcagent distill`: harvest → label → export → train → evaluate → report, each stage resumable.
+
+The offline default follows what was measured on this machine: the untrained 135M student gets
+almost none of its own samples right (0 of 352 at T=0.5 on BFCL simple_python), so self-sampling
+alone yields too few pairs. The default teacher is therefore `reference` (the task's gold chains
+replayed through the graph), and the rejected side is the student's own sampled failures on the
+teacher's contexts (`replay`: on-policy, teacher-vs-student pairs). The paper's settings stay one
+flag away: `--teacher bundled:smollm2-135m --samples K` (the small model as its own teacher) or any
+LangChain model spec for the large-teacher setting.
+
+Every stage writes its output into the run folder and is skipped when that output exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from fcagent.errors import UserError
+
+__all__ = ["DistillPreset", "PRESETS", "distill"]
+
+
+class DistillPreset(BaseModel):
+    train_problems: int | None = Field(description="Teacher problems harvested from the train split (None: all).")
+    test_problems: int = Field(description="Held-out problems every model is evaluated on.")
+    samples: int = Field(description="Student candidates per teacher context (on-policy negatives).")
+    temperature: float = 0.8
+    replay_contexts: int | None = Field(None, description="Teacher contexts replayed (None: all).")
+    methods: list[str] = Field(description="Training methods; `sft` is the baseline.")
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float | None = None
+    batch_size: int = 4
+    sft_epochs: float = 3.0
+    sft_max_steps: int = -1
+    response_prefix: str = Field('{"name": "', description="Decoding constraint for the local student: the reply "
+                                 "starts as a JSON call (not for BFCL irrelevance, where no call is right).")
+
+
+PRESETS: dict[str, DistillPreset] = {
+    # Under 10 minutes on a 2-core CPU (measured by benchmarks/stages.py): a small slice of everything.
+    "quick": DistillPreset(train_problems=32, test_problems=20, samples=2, replay_contexts=24,
+                           methods=["sft", "dpo"], max_steps=12, batch_size=2, sft_max_steps=24),
+    # What produces the README's table.
+    "full": DistillPreset(train_problems=None, test_problems=100, samples=4, replay_contexts=80,
+                          methods=["sft", "sft-dpo", "dpo"], max_steps=60, batch_size=4, sft_epochs=3.0),
+}
+
+
+def _stage(out: Path, name: str) -> Path:
+    return out / f"{name}.done.json"
+
+
+def _done(out: Path, name: str) -> dict[str, Any] | None:
+    marker = _stage(out, name)
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def _mark(out: Path, name: str, info: dict[str, Any]) -> dict[str, Any]:
+    tmp = _stage(out, name).with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    tmp.replace(_stage(out, name))
+    return info
+
+
+def distill(*, task: str, teacher: str = "reference", student: str = "bundled:smollm2-135m",
+            out: str | Path = "runs/distill", preset: Literal["quick", "full"] | DistillPreset = "quick",
+            methods: list[str] | None = None, data_dir: str | Path | None = None, progress_factory: Any = None,
+            log: Any = print) -> dict[str, Any]:
+    """Run the whole pipeline into `out`; returns the evaluation report data."""
+    from fcagent.evaluate import evaluate, write_report
+    from fcagent.export import ExportError, export_preference_pairs, export_sft
+    from fcagent.harvest import harvest
+    from fcagent.models import load_chat_model
+    from fcagent.replay import replay
+    from fcagent.tasks import get_task
+    from fcagent.train import TrainSettings, train
+
+    settings = PRESETS[preset] if isinstance(preset, str) else preset
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise UserError(f"`preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
+    methods = methods or settings.methods
+    unknown = set(methods) - {"sft", "dpo", "rpo", "sft-dpo"}
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from sft, dpo, rpo, sft-dpo")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "traces.db"
+    t = get_task(task, data_dir=data_dir)
+    timings: dict[str, float] = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+    progress = progress_factory or (lambda: None)
+    student_kwargs: dict[str, Any] = {"max_new_tokens": t.max_new_tokens}
+    if settings.response_prefix and t.spec != "bfcl:irrelevance":
+        student_kwargs["response_prefix"] = settings.response_prefix
+    student_model = None
+
+    def student_chat():
+        nonlocal student_model
+        if student_model is None:
+            student_model = load_chat_model(student, **student_kwargs)
+        return student_model
+
+    def timed(name: str, fn) -> dict[str, Any]:
+        info = _done(out, name)
+        if info is not None:
+            log(f"[{name}] done before, skipped ({_stage(out, name).name})")
+            return info
+        started = time.perf_counter()
+        info = fn()
+        timings[name] = round(time.perf_counter() - started, 1)
+        (out / "timings.json").write_text(json.dumps(timings, indent=2))
+        log(f"[{name}] {json.dumps(info, default=str)[:300]} ({timings[name]} s)")
+        return _mark(out, name, info)
+
+    # 1. The teacher's chains on the train split (the gold chains, replayed, by default).
+    timed("harvest", lambda: harvest(task=task, teacher=teacher, limit=settings.train_problems, split="train",
+                                     store=store, resume=True, data_dir=data_dir, progress=progress(),
+                                     model=None if teacher != student else student_chat()))
+    # 2. The student's own candidates on the teacher's good contexts: the on-policy negatives.
+    timed("replay", lambda: replay(store, student_chat(), student_name=student, task=task, samples=settings.samples,
+                                   temperature=settings.temperature, limit=settings.replay_contexts,
+                                   data_dir=data_dir, progress=progress()))
+
+    # 3. Labelled traces → preference pairs and SFT rows (the eval split never leaves the store).
+    def export_stage() -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        sft = export_sft(store, out / "data", tokenizer=student_chat().tokenizer)
+        info["sft_rows"] = sft.rows
+        try:
+            dpo = export_preference_pairs(store, out / "data", tokenizer=student_chat().tokenizer)
+            info["pairs"] = dpo.rows
+            info["pairs_by_source"] = dpo.stats["by_source"]
+        except ExportError as exc:
+            info["pairs"] = 0
+            info["pairs_error"] = str(exc)
+        return info
+
+    exported = timed("export", export_stage)
+
+    # 4. Train each method on the same data (SFT on the chosen completions = the baseline).
+    runs: dict[str, Path] = {}
+    for method in methods:
+        run_dir = out / "runs" / method
+        if method != "sft" and not exported.get("pairs"):
+            log(f"[train {method}] skipped: no preference pairs ({exported.get('pairs_error', '')[:200]})")
+            continue
+
+        def train_stage(method=method, run_dir=run_dir) -> dict[str, Any]:
+            sft_like = method == "sft"
+            warm = out / "runs" / "sft"
+            cfg = TrainSettings(method=method, epochs=settings.sft_epochs if sft_like else settings.epochs,
+                                max_steps=settings.sft_max_steps if sft_like else settings.max_steps,
+                                learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+                                sft_epochs=settings.sft_epochs,
+                                warm_start=str(warm) if method == "sft-dpo" and (warm / "fcagent_run.json").exists() else None)
+            result = train(out / "data", student, run_dir, settings=cfg)
+            return result.model_dump(mode="json")
+
+        timed(f"train-{method}", train_stage)
+        runs[method] = run_dir
+
+    # 5. Everyone on the same held-out problems, through the same graph.
+    models = {"base": student, **{m: str(p) for m, p in runs.items()}}
+    teacher_is_reference = teacher == "reference"
+    if not teacher_is_reference:
+        models = {"teacher": teacher, **models}
+
+    def eval_stage() -> dict[str, Any]:
+        report = evaluate(models, task=task, split="test", limit=settings.test_problems, out_dir=out / "eval",
+                          data_dir=data_dir, progress=progress(), loaded={"base": student_chat()},
+                          model_kwargs=student_kwargs)
+        return {"models": {k: v["accuracy"] for k, v in report["models"].items()}, "mcnemar": report["mcnemar"]}
+
+    timed("eval", eval_stage)
+    report = json.loads((out / "eval" / "results.json").read_text())
+    notes = [f"Teacher: `{teacher}`" + (" — the task's gold chains replayed (it reads the gold answer, so it "
+                                        "is the upper bound, 100% by construction, and is not evaluated)."
+                                        if teacher_is_reference else "."),
+             f"Student: `{student}`. Preset: `{preset if isinstance(preset, str) else 'custom'}`. "
+             f"Data: {exported.get('sft_rows', 0)} SFT rows, {exported.get('pairs', 0)} preference pairs "
+             f"{json.dumps(exported.get('pairs_by_source', {}))}.",
+             "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
+    write_report(report, out, title=f"fcagent distill: {t.spec}", notes="\n\n".join(notes))
+    return report

@@ -1,0 +1,104 @@
+"""`fcagent replay`: the student answers the teacher's good contexts; its failures become negatives.
+
+For every context where the teacher's step was good (an accepted episode), the student samples K
+candidates from that exact context (one shared prompt pass). Each candidate is labelled: invalid
+(parse error, unknown function, schema-invalid) → bad; for tasks whose calls are checked rather
+than run (BFCL) the task's checker decides; otherwise the same call as the teacher → good, another
+call → bad ("diverges from the reference"). The exporter turns these into teacher-vs-student pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from fcagent.calls import Call
+from fcagent.export import candidate_identity, structural_error
+from fcagent.records import to_langchain
+from fcagent.recorder import TraceRecorder
+from fcagent.store import TraceStore, open_store
+from fcagent.tasks import get_task
+
+__all__ = ["replay", "REPLAY_ROLE"]
+
+REPLAY_ROLE = "student-replay"
+
+_GOOD_TEACHER_STEPS = """
+SELECT c.id, c.context_hash, c.protocol, c.messages, c.tools, c.candidates, e.task, e.problem_id, e.split
+FROM completions c JOIN episodes e ON e.id = c.episode_id
+WHERE e.status = 'complete'
+  AND COALESCE(json_extract(e.metadata, '$.fcagent_role'), 'teacher') NOT LIKE 'student%'
+  AND (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) = 1
+  AND COALESCE(e.split, '') != 'test' {task_filter}
+ORDER BY e.started_at, c.seq
+"""
+
+
+def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str, task: str | None = None,
+           samples: int = 4, temperature: float = 0.8, limit: int | None = None, data_dir: Any = None,
+           progress: Any = None) -> dict[str, Any]:
+    trace_store = open_store(store)
+    checker = get_task(task, data_dir=data_dir) if task else None
+    problems = {p.id: p for p in checker.load()} if checker is not None and not checker.execute else {}
+    family = task.split(":")[0] if task else None
+    conn = sqlite3.connect(trace_store.path)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute(_GOOD_TEACHER_STEPS.format(task_filter="AND e.task = ?" if family else ""),
+                        (family,) if family else ()).fetchall()
+    done = {r[0] for r in conn.execute(
+        "SELECT c.context_hash FROM completions c JOIN episodes e ON e.id = c.episode_id "
+        "WHERE json_extract(e.metadata, '$.fcagent_role') = ? AND e.model = ?", (REPLAY_ROLE, student_name))}
+    conn.close()
+    contexts, seen = [], set(done)
+    for r in rows:
+        if r["context_hash"] not in seen:
+            seen.add(r["context_hash"])
+            contexts.append(dict(r))
+    contexts = contexts[:limit] if limit else contexts
+    recorder = TraceRecorder(trace_store)
+    bar = None
+    if progress is not None:
+        progress.start()
+        bar = progress.add_task("replay student", total=len(contexts), status="")
+    good = bad = 0
+    try:
+        for ctx in contexts:
+            messages = [to_langchain(m) for m in json.loads(ctx["messages"])]
+            tools = json.loads(ctx["tools"])
+            teacher_candidate = json.loads(ctx["candidates"])[0]
+            meta = {"fcagent_role": REPLAY_ROLE, "fcagent_model": student_name, "fcagent_protocol": ctx["protocol"],
+                    "fcagent_problem_id": ctx["problem_id"], "fcagent_task": ctx["task"],
+                    "fcagent_split": ctx["split"], "fcagent_replayed": ctx["id"]}
+            kwargs: dict[str, Any] = {"n": samples, "temperature": temperature}
+            if ctx["protocol"] == "native" and tools:
+                kwargs["tools"] = tools
+            else:
+                meta["fcagent_tools"] = tools
+            result = student.generate([messages], callbacks=[recorder], metadata=meta, **kwargs)
+            run_id = str(result.run[0].run_id) if result.run else None
+            completion = trace_store.trace(recorder.last_episode_id).completions[0]
+            assert run_id is None or completion.id == run_id
+            for i, cand in enumerate(completion.candidates):
+                data = cand.model_dump()
+                why = structural_error(data, tools, ctx["protocol"])
+                if why is None and ctx["problem_id"] in problems:
+                    calls = [Call(name=c["name"], args=c.get("args", {})) for c in data.get("calls") or []]
+                    verdict = checker.verify(problems[ctx["problem_id"]], final_answer=None, calls=calls)
+                    ok, why = verdict.success, None if verdict.success else verdict.reason
+                elif why is None:
+                    ok = candidate_identity(data) == candidate_identity(teacher_candidate)
+                    why = None if ok else "diverges from the reference"
+                else:
+                    ok = False
+                trace_store.label(completion.id, ok, why or "matches the teacher", "replay", candidate=i)
+                good += ok
+                bad += not ok
+            if bar is not None:
+                progress.update(bar, advance=1, status=f"good {good} bad {bad}")
+    finally:
+        if progress is not None:
+            progress.stop()
+    return {"contexts": len(contexts), "skipped_already_replayed": len(done), "good": good, "bad": bad}

@@ -1,0 +1,119 @@
+"""Training on the real tiny-model path: DPO/SFT train, save, reload, run in the graph, and move log-probs."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from fcagent import build_agent_graph, get_task, load_chat_model
+from fcagent.errors import UserError
+from fcagent.train import TrainSettings, train
+
+PAIRS = [
+    ("What is 2 plus 3?", '{"name": "add", "arguments": {"a": 2, "b": 3}}', "I think five."),
+    ("What is 7 times 6?", '{"name": "multiply", "arguments": {"a": 7, "b": 6}}', "It is 42 probably."),
+    ("What is 9 minus 4?", '{"name": "subtract", "arguments": {"a": 9, "b": 4}}', "Nine minus four."),
+    ("What is 8 divided by 2?", '{"name": "divide", "arguments": {"a": 8, "b": 2}}', "Four, I guess."),
+]
+
+
+@pytest.fixture()
+def pairs_dir(tmp_path):
+    rows = [{"prompt": [{"role": "system", "content": "Call a function."}, {"role": "user", "content": q}],
+             "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}],
+             "tools": "[]"} for q, c, r in PAIRS]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def logp(model, tokenizer, prompt, completion):
+    p = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+    p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits.float().log_softmax(-1)
+    targets = ids[0, len(p_ids):]
+    return logits[0, len(p_ids) - 1:-1].gather(-1, targets[:, None]).sum().item()
+
+
+def margins(chat, rows):
+    tok, model = chat.tokenizer, chat.hf_model
+    return [logp(model, tok, r["prompt"], r["chosen"][0]["content"]) - logp(model, tok, r["prompt"], r["rejected"][0]["content"])
+            for r in rows]
+
+
+def chosen_logps(chat, rows):
+    return [logp(chat.hf_model, chat.tokenizer, r["prompt"], r["chosen"][0]["content"]) for r in rows]
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft"])
+def test_train_save_reload_swap_back_and_logprobs_move(method, pairs_dir, tiny_model_dir, tmp_path):
+    rows = [json.loads(x) for x in (pairs_dir / "pairs.jsonl").read_text().splitlines()]
+    base = load_chat_model(str(tiny_model_dir))
+    before = margins(base, rows) if method == "dpo" else chosen_logps(base, rows)
+    settings = TrainSettings(method=method, max_steps=6, learning_rate=5e-3, batch_size=2, bf16=False, beta=0.5)
+    result = train(pairs_dir, str(tiny_model_dir), tmp_path / "run", settings=settings)
+    run_dir = tmp_path / "run"
+    manifest = json.loads((run_dir / "fcagent_run.json").read_text())
+    assert manifest["method"] == method and manifest["base_model"] == str(tiny_model_dir)
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists() and (run_dir / "training.png").exists()
+    assert result.steps == 6 and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 6
+    student = load_chat_model(str(run_dir), max_new_tokens=8)
+    after = margins(student, rows) if method == "dpo" else chosen_logps(student, rows)
+    # measured, not assumed: the trained direction on the training pairs
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.5
+    task = get_task("math")
+    out = build_agent_graph(student, task=task, max_steps=1).invoke({"problem": task.load(limit=1)[0]})
+    assert out["steps"] == 1
+
+
+def test_rpo_and_sft_dpo_methods_run(pairs_dir, tiny_model_dir, tmp_path):
+    for method in ("rpo", "sft-dpo"):
+        settings = TrainSettings(method=method, max_steps=1, batch_size=2, bf16=False)
+        result = train(pairs_dir, str(tiny_model_dir), tmp_path / method, settings=settings)
+        assert result.steps == (2 if method == "sft-dpo" else 1)
+        assert load_chat_model(str(tmp_path / method)).model_name == str(tmp_path / method)
+
+
+def test_bad_inputs_are_clear_errors(pairs_dir, tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        train(pairs_dir, "./no/such/model", tmp_path / "r")
+    (tmp_path / "cols").mkdir()
+    (tmp_path / "cols" / "pairs.jsonl").write_text(json.dumps({"prompt": [{"role": "user", "content": "q"}]}) + "\n")
+    with pytest.raises(UserError, match="no column\\(s\\) chosen, rejected"):
+        train(tmp_path / "cols", str(tiny_model_dir), tmp_path / "r")
+    with pytest.raises(UserError, match="no training rows left.*prompt longer than max_length"):
+        train(pairs_dir, str(tiny_model_dir), tmp_path / "r", settings=TrainSettings(max_length=8, max_steps=1))
+    run = tmp_path / "run"
+    train(pairs_dir, str(tiny_model_dir), run, settings=TrainSettings(max_steps=1, bf16=False))
+    tampered = tmp_path / "tampered"
+    shutil.copytree(run, tampered)
+    weights = tampered / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match the sha256"):
+        load_chat_model(str(tampered))
+    (tampered / "adapter" / "adapter_model.safetensors").unlink()
+    (tampered / "adapter" / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(UserError, match="no adapter.*never loaded"):
+        load_chat_model(str(tampered))
+
+
+def test_exported_pairs_from_a_bundled_model_harvest_train_with_dpo(tmp_path, data_dir, tiny_model_dir):
+    """`harvest` with the real bundled model (--samples 4) → exporter → TRL DPOTrainer, 2 steps."""
+    from fcagent.export import export_preference_pairs
+    from fcagent.harvest import harvest
+
+    db = tmp_path / "t.db"
+    harvest(task="bfcl:simple_python", teacher="reference", limit=3, store=db, data_dir=data_dir)
+    student = load_chat_model("bundled:smollm2-135m", max_new_tokens=32)
+    harvest(task="bfcl:simple_python", teacher="bundled:smollm2-135m", model=student, samples=4, temperature=0.8,
+            limit=3, store=db, data_dir=data_dir)
+    exported = export_preference_pairs(db, tmp_path / "pairs")
+    assert exported.rows >= 3 and set(exported.stats["by_source"]) <= {"step", "trajectory"}
+    result = train(tmp_path / "pairs", str(tiny_model_dir), tmp_path / "run",
+                   settings=TrainSettings(max_steps=2, batch_size=2, bf16=False))
+    assert result.steps == 2 and result.final_metrics.get("loss") is not None
