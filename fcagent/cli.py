@@ -177,6 +177,15 @@ def traces_import(path: Path, store: StoreOpt = Path(DEFAULT_STORE)) -> None:
     console.print(f"added {added} episodes, {present} were already present")
 
 
+@traces_app.command("import-langsmith")
+def traces_import_langsmith(project: Annotated[str, typer.Option(help="LangSmith project name.")],
+                            store: StoreOpt = Path(DEFAULT_STORE), limit: Optional[int] = None) -> None:
+    """Import a LangSmith project's runs and feedback scores (idempotent; needs LANGSMITH_API_KEY)."""
+    from fcagent.langsmith_import import import_langsmith
+
+    console.print(import_langsmith(store, project=project, limit=limit))
+
+
 @traces_app.command("label")
 def traces_label(target_id: str, success: Annotated[bool, typer.Option("--good/--bad")], reason: str = "",
                  source: str = "user", store: StoreOpt = Path(DEFAULT_STORE)) -> None:
