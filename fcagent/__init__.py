@@ -3,13 +3,19 @@
 from fcagent.calls import Call, CallParseError, format_calls, parse_calls
 from fcagent.errors import RunFailure, UserError
 from fcagent.graph import AgentState, build_agent_graph
-from fcagent.middleware import TraceMiddleware
+from fcagent.distill import distill
+from fcagent.evaluate import evaluate
+from fcagent.export import export_preference_pairs, export_sft
+from fcagent.harvest import harvest
+from fcagent.middleware import StudentMiddleware, TraceMiddleware
 from fcagent.models import load_chat_model
 from fcagent.recorder import TraceRecorder
 from fcagent.redact import Redactor
 from fcagent.store import TraceStore
 from fcagent.tasks import Problem, Task, Verdict, get_task
+from fcagent.replay import replay
 from fcagent.teacher import ReferenceTeacher
+from fcagent.train import LoraSettings, TrainSettings, train, train_dpo, train_sft
 
 __all__ = [
     "AgentState",
@@ -25,7 +31,19 @@ __all__ = [
     "TraceStore",
     "UserError",
     "Verdict",
+    "LoraSettings",
+    "StudentMiddleware",
+    "TrainSettings",
     "build_agent_graph",
+    "distill",
+    "evaluate",
+    "export_preference_pairs",
+    "export_sft",
+    "harvest",
+    "replay",
+    "train",
+    "train_dpo",
+    "train_sft",
     "format_calls",
     "get_task",
     "load_chat_model",

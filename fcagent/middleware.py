@@ -107,3 +107,91 @@ class TraceMiddleware(AgentMiddleware):
                 "error": content if status == "error" else None, "latency_ms": (time.perf_counter() - started) * 1000}
         buf["tool_runs"].append(run)
         return result
+
+
+STUDENT_FAILURE_KINDS = ("invalid_tool_call", "unknown_function", "invalid_arguments", "no_call")
+
+
+def student_failure(message: Any, tools: list[dict[str, Any]], *, require_call: bool = False) -> str | None:
+    """Why a student's reply fails validation (and should go to the teacher), or None."""
+    from fcagent.calls import CallParseError, parse_calls, schema_error
+
+    if not isinstance(message, AIMessage):
+        return "no_call: not an assistant message"
+    if getattr(message, "invalid_tool_calls", None):
+        return f"invalid_tool_call: {message.invalid_tool_calls[0].get('error')}"
+    if not message.tool_calls:
+        text = message.content if isinstance(message.content, str) else ""
+        try:
+            parse_calls(text)
+            return "invalid_tool_call: a call written as text, not parsed into tool_calls"
+        except CallParseError:
+            return "no_call: the reply has no function call" if require_call else None
+    by_name = {t["function"]["name"]: t["function"] for t in tools}
+    for call in message.tool_calls:
+        fn = by_name.get(call["name"])
+        if fn is None:
+            return f"unknown_function: {call['name']}"
+        why = schema_error(fn.get("parameters") or {}, call.get("args") or {})
+        if why:
+            return f"invalid_arguments: {why}"
+    return None
+
+
+class StudentMiddleware(AgentMiddleware):
+    """Route `create_agent`'s model calls to a trained student; escalate failed steps to the teacher.
+
+    `create_agent(teacher, tools, middleware=[StudentMiddleware(student, store="traces.db")])`: every
+    model call goes to the student (`request.override(model=student)`). When the student's reply
+    fails validation (no parsable call, unknown function, schema-invalid arguments) the same request
+    goes to the teacher (the agent's own model, or `teacher=`), and both replies are stored as a
+    teacher-vs-student preference pair for the next training round.
+    """
+
+    def __init__(self, student: Any, *, teacher: Any = None, store: str | TraceStore | None = None,
+                 require_call: bool = False):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.store = open_store(store) if store is not None else None
+        self.require_call = require_call
+        self.escalations = 0
+        self.student_calls = 0
+
+    def wrap_model_call(self, request: Any, handler: Any) -> Any:
+        self.student_calls += 1
+        student_response = handler(request.override(model=self.student))
+        result = getattr(student_response, "result", None) or [student_response]
+        tools = tool_schemas(list(request.tools or []))
+        why = student_failure(result[-1], tools, require_call=self.require_call)
+        if why is None:
+            return student_response
+        self.escalations += 1
+        teacher_request = request.override(model=self.teacher) if self.teacher is not None else request
+        teacher_response = handler(teacher_request)
+        if self.store is not None:
+            self._record_pair(request, tools, result[-1], getattr(teacher_response, "result", [teacher_response])[-1],
+                              why, teacher_request.model)
+        return teacher_response
+
+    def _record_pair(self, request: Any, tools: list[dict[str, Any]], student_msg: Any, teacher_msg: Any,
+                     why: str, teacher_model: Any) -> None:
+        messages = list(request.messages)
+        system = getattr(request, "system_message", None)
+        if system is not None:
+            messages = [system if isinstance(system, SystemMessage) else SystemMessage(str(system)), *messages]
+        episode_id = str(uuid.uuid4())
+        buf = {"id": episode_id, "name": "student-escalation", "started_at": time.time(), "ended_at": time.time(),
+               "tags": ["escalation"], "metadata": {"fcagent_role": "student-escalated"}, "tool_runs": [],
+               "completions": [
+                   {"id": str(uuid.uuid4()), "messages": messages, "params": {"tools": tools}, "model": _model_name(teacher_model),
+                    "metadata": {"fcagent_protocol": "native"}, "generations": [ChatGeneration(message=teacher_msg)]},
+                   {"id": str(uuid.uuid4()), "messages": messages, "params": {"tools": tools}, "model": _model_name(self.student),
+                    "metadata": {"fcagent_protocol": "native"}, "generations": [ChatGeneration(message=student_msg)]}]}
+        trace = episode_from_buffer(buf)
+        teacher_id, student_id = (c["id"] for c in trace["completions"])
+        trace["labels"] += [
+            {"target_id": teacher_id, "candidate": 0, "success": True, "source": "student-middleware",
+             "reason": "teacher answer after a student failure"},
+            {"target_id": student_id, "candidate": 0, "success": False, "source": "student-middleware", "reason": why}]
+        self.store.write_episode(trace)
