@@ -1,0 +1,140 @@
+"""Tracing overhead per run and per captured event, side by side in one process.
+
+The same LangGraph agent (fcagent's graph, a scripted native tool-calling model: 2 model calls and
+1 tool call per run) with: no callbacks, a do-nothing handler, fcagent's TraceRecorder (SQLite),
+LangSmith's LangChainTracer (its client pointed at a local HTTP sink on 127.0.0.1) and Langfuse's
+LangChain CallbackHandler (its host the same sink). Handlers are interleaved round by round and the
+medians compared, so machine load hits every handler alike.
+
+    python -m benchmarks.tracing [--rounds 12 --runs 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.tools import tool
+
+from fcagent import TraceRecorder, TraceStore, build_agent_graph
+from fcagent.testing import ScriptedChatModel
+
+EVENTS_PER_RUN = 3  # captured events: 2 model calls + 1 tool call
+
+
+class _Sink(BaseHTTPRequestHandler):
+    def _ok(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PATCH = do_PUT = do_GET = _ok
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def local_sink() -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def make_graph():
+    model = ScriptedChatModel(responses=[
+        AIMessage(content="", tool_calls=[{"name": "add", "args": {"a": 2, "b": 3}, "id": "c1"}]),
+        AIMessage(content="5"),
+    ])
+
+    class Cycling(ScriptedChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            self._i = 0 if not any(isinstance(m, AIMessage) for m in messages) else 1
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
+    model = Cycling(responses=model.responses)
+    return build_agent_graph(model, [add], protocol="native")
+
+
+def handlers(sink: str, tmp: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"none": None, "noop": BaseCallbackHandler(), "fcagent": TraceRecorder(TraceStore(tmp / "bench.db"))}
+    try:
+        from langchain_core.tracers.langchain import LangChainTracer
+        from langsmith import Client
+
+        out["langsmith"] = LangChainTracer(client=Client(api_url=sink, api_key="lsv2_pt_bench"), project_name="bench")
+    except Exception as exc:  # noqa: BLE001
+        print(f"langsmith skipped: {exc}")
+    try:
+        os.environ.update(LANGFUSE_PUBLIC_KEY="pk-lf-bench", LANGFUSE_SECRET_KEY="sk-lf-bench", LANGFUSE_HOST=sink,
+                          LANGFUSE_BASE_URL=sink)
+        from langfuse.langchain import CallbackHandler
+
+        out["langfuse"] = CallbackHandler()
+    except Exception as exc:  # noqa: BLE001
+        print(f"langfuse skipped: {exc}")
+    return out
+
+
+def run(rounds: int = 12, runs: int = 40) -> dict[str, Any]:
+    sink = local_sink()
+    tmp = Path(tempfile.mkdtemp(prefix="fcagent-bench-"))
+    graph = make_graph()
+    hs = handlers(sink, tmp)
+    inputs = {"messages": [HumanMessage("what is 2+3?")]}
+    for h in hs.values():  # warm up every path
+        for _ in range(5):
+            graph.invoke(inputs, {"callbacks": [h] if h else []})
+    samples: dict[str, list[float]] = {k: [] for k in hs}
+    for _ in range(rounds):
+        for name, h in hs.items():
+            cfg = {"callbacks": [h] if h else []}
+            started = time.perf_counter()
+            for _ in range(runs):
+                graph.invoke(inputs, cfg)
+            samples[name].append((time.perf_counter() - started) / runs * 1000)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    base = med["none"]
+    result: dict[str, Any] = {"ms_per_run": med, "overhead_ms_per_run": {k: v - base for k, v in med.items()},
+                              "overhead_ms_per_event": {k: (v - base) / EVENTS_PER_RUN for k, v in med.items()},
+                              "rounds": rounds, "runs_per_round": runs}
+    fc = max(med["fcagent"] - base, 1e-6)
+    for peer in ("langsmith", "langfuse"):
+        if peer in med:
+            result[f"fcagent_overhead_as_fraction_of_{peer}"] = fc / max(med[peer] - base, 1e-6)
+    store = TraceStore(tmp / "bench.db")
+    result["episodes_recorded"] = store.count()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--runs", type=int, default=40)
+    args = parser.parse_args()
+    print(json.dumps(run(args.rounds, args.runs), indent=2))
+
+
+if __name__ == "__main__":
+    main()
