@@ -72,8 +72,8 @@ def run_problems(model: BaseChatModel, task: Task, problems: list[Problem], *, s
                  concurrency: int = 1, metadata: dict[str, Any] | None = None,
                  on_result: Callable[[Problem, EpisodeResult], None] | None = None) -> list[EpisodeResult]:
     """Run every problem through one graph; record into `store` when given. Results in input order."""
-    graph = build_agent_graph(model, task=task, protocol=protocol, examples=examples,
-                              max_steps=max_steps or getattr(task, "max_steps", 8))
+    max_steps = max_steps or task.max_steps
+    graph = build_agent_graph(model, task=task, protocol=protocol, examples=examples, max_steps=max_steps)
     recorder = TraceRecorder(store, **(metadata or {})) if store is not None else None
 
     def one(problem: Problem) -> EpisodeResult:
@@ -82,7 +82,7 @@ def run_problems(model: BaseChatModel, task: Task, problems: list[Problem], *, s
         started = time.perf_counter()
         try:
             state = graph.invoke({"problem": problem}, {"callbacks": callbacks, "metadata": dict(metadata or {}),
-                                                        "recursion_limit": 4 * (max_steps or 8) + 10})
+                                                        "recursion_limit": 4 * max_steps + 10})
         except Exception as exc:  # noqa: BLE001 - one broken episode (e.g. a remote teacher's outage)
             # is recorded as an error episode by the recorder and counted as a failure, not a crash.
             result = EpisodeResult(problem_id=problem.id, success=False, reason=f"run error: {type(exc).__name__}: {exc}",

@@ -1,0 +1,64 @@
+"""Statistics against hand-computed values, the report files, and distill's stage-by-stage resume."""
+
+import json
+
+import pytest
+
+from fcagent.evaluate import bootstrap_ci, mcnemar_exact, summarize, write_report
+from fcagent.runner import EpisodeResult
+
+
+def test_mcnemar_exact_matches_hand_computed_binomial_tails():
+    # 6 discordant pairs, split 5/1: p = 2 * P(X <= 1 | n=6, 1/2) = 2 * (1 + 6) / 64 = 0.21875
+    a = [True] * 5 + [False] + [True] * 10 + [False] * 4
+    b = [False] * 5 + [True] + [True] * 10 + [False] * 4
+    assert mcnemar_exact(a, b) == {"only_a": 5, "only_b": 1, "p_value": pytest.approx(0.21875)}
+    # 10 vs 0: p = 2 / 2**10
+    assert mcnemar_exact([True] * 10, [False] * 10)["p_value"] == pytest.approx(2 / 1024)
+    # balanced or no discordance: p = 1
+    assert mcnemar_exact([True, False], [False, True])["p_value"] == 1.0
+    assert mcnemar_exact([True, True], [True, True])["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact([True], [True, False])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_deterministic():
+    outcomes = [True] * 30 + [False] * 70
+    lo, hi = bootstrap_ci(outcomes, seed=3)
+    assert lo < 0.30 < hi and 0.19 < lo < 0.25 and 0.35 < hi < 0.41  # normal approx: 0.30 +- 0.09
+    assert bootstrap_ci(outcomes, seed=3) == (lo, hi)
+    assert bootstrap_ci([True] * 5) == (1.0, 1.0)
+
+
+def test_summary_and_report_files(tmp_path):
+    results = [EpisodeResult(problem_id=str(i), success=i < 3, reason="", status="answered", steps=2, calls=2,
+                             valid_calls=1 + (i % 2), prompt_tokens=100, completion_tokens=10, wall_s=0.5) for i in range(4)]
+    s = summarize("m", "spec", results)
+    assert (s.correct, s.accuracy, s.valid_call_rate, s.mean_steps) == (3, 0.75, 6 / 8, 2.0)
+    report = {"task": "math", "split": "test", "n_problems": 4, "problem_ids": [r.problem_id for r in results],
+              "models": {"m": s.model_dump()}, "mcnemar": {}}
+    write_report(report, tmp_path)
+    assert "| m | `spec` | 3/4 | 75.0%" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["models"]["m"]["correct"] == 3
+    assert (tmp_path / "evaluation.png").stat().st_size > 5000
+
+
+def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_model_dir):
+    from fcagent.distill import DistillPreset, distill
+
+    preset = DistillPreset(train_problems=4, test_problems=2, samples=2, replay_contexts=3, methods=["sft", "dpo"],
+                           max_steps=1, sft_max_steps=1, batch_size=2)
+    logs: list[str] = []
+    report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
+    assert set(report["models"]) == {"base", "sft", "dpo"} and report["n_problems"] == 2
+    for stage in ("harvest", "replay", "export", "train-sft", "train-dpo", "eval"):
+        assert (tmp_path / f"{stage}.done.json").exists(), stage
+    assert (tmp_path / "report.md").exists() and "reference" in (tmp_path / "report.md").read_text()
+    logs.clear()
+    distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
+    assert sum("done before, skipped" in line for line in logs) == 6  # nothing was redone
+    (tmp_path / "eval.done.json").unlink()
+    logs.clear()
+    distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
+    assert sum("done before, skipped" in line for line in logs) == 5
+    assert any(line.startswith("[eval]") and "skipped" not in line for line in logs)
