@@ -44,11 +44,11 @@ class DistillPreset(BaseModel):
 
 PRESETS: dict[str, DistillPreset] = {
     # Under 10 minutes on a 2-core CPU (measured by benchmarks/stages.py): a small slice of everything.
-    "quick": DistillPreset(train_problems=32, test_problems=20, samples=2, replay_contexts=24,
-                           methods=["sft", "dpo"], max_steps=12, batch_size=2, sft_max_steps=24),
+    "quick": DistillPreset(train_problems=32, test_problems=15, samples=2, replay_contexts=16,
+                           methods=["sft", "dpo"], max_steps=8, batch_size=2, sft_max_steps=16),
     # What produces the README's table.
     "full": DistillPreset(train_problems=None, test_problems=100, samples=4, replay_contexts=80,
-                          methods=["sft", "sft-dpo", "dpo"], max_steps=60, batch_size=4, sft_epochs=3.0),
+                          methods=["sft", "sft-dpo", "dpo"], max_steps=20, batch_size=4, sft_max_steps=40),
 }
 
 

@@ -36,7 +36,7 @@ Method = Literal["dpo", "sft", "rpo", "sft-dpo"]
 class LoraSettings(BaseModel):
     r: int = Field(16, description="LoRA rank.")
     alpha: int = Field(32, description="LoRA scaling alpha.")
-    dropout: float = Field(0.05, description="LoRA dropout.")
+    dropout: float = Field(0.0, description="LoRA dropout; 0 by default: on CPU it cost ~2 of 12 s per step (measured).")
     target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters.")
 
 
