@@ -309,6 +309,7 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             preset: Annotated[str, typer.Option(help="quick (under 10 minutes on a 2-core CPU) or full.")] = "quick",
             method: Annotated[Optional[list[str]], typer.Option("--method", help="Methods to train (default: the preset's).")] = None,
             baseline: Annotated[str, typer.Option(help="The baseline method; `sft` trains SFT on the same chosen completions.")] = "sft",
+            rounds: Annotated[int, typer.Option(help="Rounds: the trained student replays the teacher's contexts for the next round's pairs.")] = 1,
             data_dir: DataOpt = None) -> None:
     """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
     from fcagent.distill import distill as run_distill
@@ -317,7 +318,7 @@ def distill(task: TaskOpt = "bfcl:simple_python",
     if methods and baseline and baseline not in methods:
         methods = [baseline, *methods]
     report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=preset, methods=methods,
-                         data_dir=data_dir, progress_factory=_progress, log=console.print)
+                         rounds=rounds, data_dir=data_dir, progress_factory=_progress, log=console.print)
     _print_report(report)
     console.print(f"report: {out / 'report.md'}  plots: {out / 'evaluation.png'}")
 

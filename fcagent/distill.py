@@ -70,7 +70,8 @@ def _mark(out: Path, name: str, info: dict[str, Any]) -> dict[str, Any]:
 
 def distill(*, task: str, teacher: str = "reference", student: str = "bundled:smollm2-135m",
             out: str | Path = "runs/distill", preset: Literal["quick", "full"] | DistillPreset = "quick",
-            methods: list[str] | None = None, data_dir: str | Path | None = None, progress_factory: Any = None,
+            methods: list[str] | None = None, rounds: int = 1, data_dir: str | Path | None = None,
+            progress_factory: Any = None,
             log: Any = print) -> dict[str, Any]:
     """Run the whole pipeline into `out`; returns the evaluation report data."""
     from fcagent.evaluate import evaluate, write_report
@@ -127,12 +128,12 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                                    data_dir=data_dir, progress=progress()))
 
     # 3. Labelled traces → preference pairs and SFT rows (the eval split never leaves the store).
-    def export_stage() -> dict[str, Any]:
+    def export_stage(folder: str = "data") -> dict[str, Any]:
         info: dict[str, Any] = {}
-        sft = export_sft(store, out / "data", tokenizer=student_chat().tokenizer)
+        sft = export_sft(store, out / folder, tokenizer=student_chat().tokenizer)
         info["sft_rows"] = sft.rows
         try:
-            dpo = export_preference_pairs(store, out / "data", tokenizer=student_chat().tokenizer)
+            dpo = export_preference_pairs(store, out / folder, tokenizer=student_chat().tokenizer)
             info["pairs"] = dpo.rows
             info["pairs_by_source"] = dpo.stats["by_source"]
         except ExportError as exc:
@@ -142,6 +143,16 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
 
     exported = timed("export", export_stage)
 
+    def train_stage(method: str, folder: str, run_dir: Path) -> dict[str, Any]:
+        sft_like = method == "sft"
+        warm = out / "runs" / "sft"
+        cfg = TrainSettings(method=method, epochs=settings.sft_epochs if sft_like else settings.epochs,
+                            max_steps=settings.sft_max_steps if sft_like else settings.max_steps,
+                            learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+                            sft_epochs=settings.sft_epochs,
+                            warm_start=str(warm) if method == "sft-dpo" and (warm / "fcagent_run.json").exists() else None)
+        return train(out / folder, student, run_dir, settings=cfg).model_dump(mode="json")
+
     # 4. Train each method on the same data (SFT on the chosen completions = the baseline).
     runs: dict[str, Path] = {}
     for method in methods:
@@ -150,19 +161,26 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
             log(f"[train {method}] skipped: no preference pairs ({exported.get('pairs_error', '')[:200]})")
             continue
 
-        def train_stage(method=method, run_dir=run_dir) -> dict[str, Any]:
-            sft_like = method == "sft"
-            warm = out / "runs" / "sft"
-            cfg = TrainSettings(method=method, epochs=settings.sft_epochs if sft_like else settings.epochs,
-                                max_steps=settings.sft_max_steps if sft_like else settings.max_steps,
-                                learning_rate=settings.learning_rate, batch_size=settings.batch_size,
-                                sft_epochs=settings.sft_epochs,
-                                warm_start=str(warm) if method == "sft-dpo" and (warm / "fcagent_run.json").exists() else None)
-            result = train(out / "data", student, run_dir, settings=cfg)
-            return result.model_dump(mode="json")
-
-        timed(f"train-{method}", train_stage)
+        timed(f"train-{method}", lambda method=method, run_dir=run_dir: train_stage(method, "data", run_dir))
         runs[method] = run_dir
+
+    # 4b. Rounds: the newest preference-trained student samples on the teacher's contexts, its own
+    # failures join the pairs, and the method trains again on everything: the model that trains
+    # also harvests, so the negatives stay on-policy as it improves.
+    preference = [m for m in methods if m != "sft" and m in runs]
+    for r in range(2, rounds + 1):
+        if not preference:
+            break
+        method = preference[-1]
+        previous = runs[method if r == 2 else f"{method}-r{r - 1}"]
+        timed(f"replay-r{r}", lambda previous=previous: replay(
+            store, load_chat_model(str(previous), **student_kwargs), student_name=str(previous), task=task,
+            samples=settings.samples, temperature=settings.temperature, limit=settings.replay_contexts,
+            data_dir=data_dir, progress=progress()))
+        timed(f"export-r{r}", lambda r=r: export_stage(f"data-r{r}"))
+        run_dir = out / "runs" / f"{method}-r{r}"
+        timed(f"train-{method}-r{r}", lambda method=method, r=r, run_dir=run_dir: train_stage(method, f"data-r{r}", run_dir))
+        runs[f"{method}-r{r}"] = run_dir
 
     # 5. Everyone on the same held-out problems, through the same graph.
     models = {"base": student, **{m: str(p) for m, p in runs.items()}}

@@ -62,3 +62,9 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
     assert sum("done before, skipped" in line for line in logs) == 5
     assert any(line.startswith("[eval]") and "skipped" not in line for line in logs)
+    # a second round: the trained student replays, its failures join the pairs, dpo trains again
+    (tmp_path / "eval.done.json").unlink()
+    report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, rounds=2, log=logs.append)
+    assert "dpo-r2" in report["models"]
+    for stage in ("replay-r2", "export-r2", "train-dpo-r2"):
+        assert (tmp_path / f"{stage}.done.json").exists(), stage
