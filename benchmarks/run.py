@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -20,11 +21,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="Fewer repeats (a smoke run).")
     args = parser.parse_args()
-    from benchmarks import dpo_throughput, tracing
+    from benchmarks import dpo_throughput, export_scale, tracing
 
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                 "cpus": __import__("os").cpu_count()}, "date": time.strftime("%Y-%m-%d")}
+                                 "cpus": os.cpu_count()}, "date": time.strftime("%Y-%m-%d")}
     results["tracing"] = tracing.run(rounds=4 if args.quick else 12, runs=20 if args.quick else 40)
+    results["export_scale"] = export_scale.run([2_000, 10_000] if args.quick else [10_000, 100_000])
     results["dpo_throughput"] = dpo_throughput.run(None, steps=2 if args.quick else 6)
     (HERE / "results.json").write_text(json.dumps(results, indent=2))
     t, d = results["tracing"], results["dpo_throughput"]
@@ -36,6 +38,8 @@ def main() -> None:
                          f"{t[f'fcagent_overhead_as_fraction_of_{peer}']:.3f}x |")
     lines.append(f"| DPO tokens/s (135M, LoRA r=16, batch 2) | {d['fcagent']['tokens_per_second']:.0f} | "
                  f"TRL defaults {d['trl_defaults']['tokens_per_second']:.0f} | {d['speedup']:.2f}x |")
+    for n, e in results["export_scale"].items():
+        lines.append(f"| export of {int(n):,} episodes | {e['episodes_per_second']} episodes/s, peak RSS {e['peak_rss_mb']} MB | – | – |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

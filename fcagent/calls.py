@@ -120,7 +120,7 @@ def _first_json_value(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise CallParseError(f"invalid JSON: {exc.msg} at character {exc.pos}") from None
     except RecursionError:
-        raise CallParseError(f"JSON nested too deeply") from None
+        raise CallParseError("JSON nested too deeply") from None
     return value
 
 

@@ -32,6 +32,7 @@ template handling fails for some templates there). A `tools` column (JSON) keeps
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -51,7 +52,7 @@ from fcagent.local_model import to_chat_dicts
 from fcagent.prompting import render_system_prompt
 from fcagent.records import to_langchain
 from fcagent.redact import Redactor
-from fcagent.store import TraceStore, open_store
+from fcagent.store import TraceStore, open_store, write_jsonl_atomic
 from fcagent.tasks.base import split_of
 
 __all__ = ["candidate_identity", "structural_error", "PreferencePair", "SftRow", "ExportSettings", "ExportResult", "ExportError", "export_preference_pairs",
@@ -314,22 +315,6 @@ def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reas
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _atomic_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
-
-
 def _shuffled(spool: Path, seed: int) -> Iterator[dict[str, Any]]:
     """Rows of a spool file in a seeded random order, holding only their offsets in memory."""
     offsets = []
@@ -365,7 +350,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
     by_task: Counter = Counter()
     per_problem: Counter = Counter()
     lengths: dict[str, list[int]] = {"prompt": [], "completion": []}
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     out_dir = Path(out) if out else Path(tempfile.mkdtemp(prefix="fcagent-export-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     spool = out_dir / f".{kind}.spool"
@@ -386,7 +371,9 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
                             data[key] = redactor.redact_value(data[key])
                 identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
                                        data.get("rejected")], sort_keys=True)
-                if identity in seen:
+                # A digest, not the row: the dedup set then costs ~100 bytes a row (flat memory).
+                digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
+                if digest in seen:
                     dropped["duplicate"] += 1
                     continue
                 problem = f"{data.get('task')}:{data.get('problem_id')}"
@@ -395,7 +382,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
                     continue
                 if kind == "dpo":
                     validate_pair(data, where=f"pair for context {data['context_hash']}")
-                seen.add(identity)
+                seen.add(digest)
                 per_problem[problem] += 1
                 by_source[data.get("source", "sft")] += 1
                 by_task[data.get("task") or "-"] += 1
@@ -416,7 +403,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
                           "candidate from the same context: sample several candidates (`harvest --samples 4`), "
                           "or replay the student on teacher contexts (`fcagent replay`).")
     path = out_dir / ("pairs.jsonl" if kind == "dpo" else "sft.jsonl")
-    _atomic_jsonl(path, _shuffled(spool, settings.seed))
+    write_jsonl_atomic(path, _shuffled(spool, settings.seed))
     spool.unlink(missing_ok=True)
 
     def summary(values: list[int]) -> dict[str, float]:
@@ -432,8 +419,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
              "settings": settings.model_dump(mode="json"), "store": str(trace_store.path)}
     if redactor is not None:
         stats["redacted"] = dict(redactor.counts)
-    _atomic_jsonl(out_dir / f"stats.{kind}.json.tmp", iter([stats]))
-    os.replace(out_dir / f"stats.{kind}.json.tmp", out_dir / f"stats.{kind}.json")
+    write_jsonl_atomic(out_dir / f"stats.{kind}.json", iter([stats]))  # one line: a plain JSON object
     return ExportResult(path=path, rows=n, stats=stats)
 
 

@@ -8,7 +8,7 @@ score into a label (score >= 0.5 is good; source `langsmith:<key>`).
 
 from __future__ import annotations
 
-import uuid
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -45,7 +45,7 @@ def _message(item: Any) -> BaseMessage | None:
     cls = _ROLE_CLASS.get(role, HumanMessage)
     if cls is AIMessage:
         calls = [{"name": c["function"]["name"] if "function" in c else c["name"],
-                  "args": c.get("args") or __import__("json").loads(c.get("function", {}).get("arguments") or "{}"),
+                  "args": c.get("args") or json.loads(c.get("function", {}).get("arguments") or "{}"),
                   "id": c.get("id")} for c in item.get("tool_calls") or []]
         return AIMessage(content=item.get("content") or "", tool_calls=calls)
     return cls(item.get("content") or "")
@@ -134,7 +134,3 @@ def import_langsmith(store: str | TraceStore, *, project: str, client: Any = Non
     trace_store = open_store(store)
     added = sum(trace_store.write_episode(ep) for ep in runs_to_episodes(runs, feedback))
     return {"runs": len(runs), "episodes_added": added, "feedback": len(feedback)}
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())

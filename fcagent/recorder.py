@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import Any
 from uuid import UUID
 
@@ -259,7 +258,3 @@ class TraceRecorder(BaseCallbackHandler):
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._tool_done(run_id, None, f"{type(error).__name__}: {error}")
-
-
-def new_episode_id() -> str:
-    return str(uuid.uuid4())

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from fcagent.errors import UserError
 from fcagent.records import Completion, Episode, EpisodeTrace, Label, ToolRun
 
-__all__ = ["TraceStore", "StoreError", "DEFAULT_STORE", "open_store", "SCHEMA_VERSION"]
+__all__ = ["TraceStore", "StoreError", "DEFAULT_STORE", "open_store", "write_jsonl_atomic", "SCHEMA_VERSION"]
 
 DEFAULT_STORE = "fcagent-traces.db"
 
@@ -248,23 +248,13 @@ class TraceStore:
 
     def export_jsonl(self, path: str | os.PathLike[str], *, redactor: Any = None) -> int:
         """One episode per line; written to a temp file and renamed, so never half-written."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        n = 0
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for trace in self.traces():
-                    data = trace.model_dump(mode="json")
-                    if redactor is not None:
-                        data = redactor.redact_value(data)
-                    f.write(_dumps(data) + "\n")
-                    n += 1
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return n
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for trace in self.traces():
+                data = trace.model_dump(mode="json")
+                yield redactor.redact_value(data) if redactor is not None else data
+
+        return write_jsonl_atomic(path, rows())
 
     def import_jsonl(self, path: str | os.PathLike[str]) -> tuple[int, int]:
         """Validate every line first, then add the new episodes; returns (added, already present)."""
@@ -282,6 +272,25 @@ class TraceStore:
                     raise StoreError(f"{path}:{lineno}: `{field}`: {err['msg']}; nothing was imported") from None
         added = sum(self.write_episode(t) for t in traces)
         return added, len(traces) - added
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterator[dict[str, Any]]) -> int:
+    """Write rows as JSON Lines to a temp file beside `path`, then rename: readers (and a process
+    killed mid-write) never see a half-written file. Returns the number of rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(_dumps(row) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
 
 
 def open_store(store: str | os.PathLike[str] | TraceStore) -> TraceStore:
