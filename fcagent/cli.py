@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fcagent.errors import UserError
+from fcagent.models import resolve_model
 from fcagent.store import DEFAULT_STORE, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distil a function-calling agent's traces into a small model.")
@@ -24,16 +25,6 @@ console = Console()
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task spec: math, math:gsm8k, logic:prontoqa, bfcl:simple_python, ...")]
 StoreOpt = Annotated[Path, typer.Option("--store", help="Trace store (SQLite file).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the task data (default: ./data, ../shared/data, $FCAGENT_DATA).")]
-
-
-def resolve_model(spec: str, task, problems):
-    """`reference` is the task's gold chains replayed; anything else goes to `load_chat_model`."""
-    from fcagent.models import load_chat_model
-    from fcagent.teacher import ReferenceTeacher
-
-    if spec == "reference":
-        return ReferenceTeacher(problems=problems)
-    return load_chat_model(spec)
 
 
 def _progress() -> Progress:
@@ -58,7 +49,7 @@ def run(task: TaskOpt = "math", model: Annotated[str, typer.Option(help="Model s
 
     t = get_task(task, data_dir=data_dir)
     problems = t.load(split=split, limit=limit)
-    chat = resolve_model(model, t, problems)
+    chat = resolve_model(model, problems)
     console.print(f"[bold]{len(problems)}[/] {t.spec} problems ({split}) with [bold]{model}[/]")
 
     def show(problem, result) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from fcagent.models import resolve_model
 from fcagent.runner import EpisodeResult, run_problems
 from fcagent.tasks import get_task
 from fcagent.tasks.base import Problem
@@ -96,8 +97,6 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
              max_steps: int | None = None, progress: Any = None, loaded: dict[str, Any] | None = None,
              problems: list[Problem] | None = None, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate `models` ({name: spec}) on the same problems; returns (and writes) the report data."""
-    from fcagent.cli import resolve_model
-
     out = Path(out_dir)
     (out / "results").mkdir(parents=True, exist_ok=True)
     t = get_task(task, data_dir=data_dir)
@@ -112,7 +111,7 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
             continue
         chat = (loaded or {}).get(name)
         if chat is None:
-            chat = resolve_model(spec, t, problems) if spec == "reference" else _load(spec, model_kwargs)
+            chat = resolve_model(spec, problems, **({} if spec == "reference" else model_kwargs or {}))
         bar = None
         if progress is not None:
             progress.start()
@@ -139,12 +138,6 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
               "models": {k: v.model_dump() for k, v in summaries.items()}, "mcnemar": tests}
     write_report(report, out)
     return report
-
-
-def _load(spec: str, kwargs: dict[str, Any] | None):
-    from fcagent.models import load_chat_model
-
-    return load_chat_model(spec, **(kwargs or {}))
 
 
 def write_report(report: dict[str, Any], out: Path, *, title: str | None = None, notes: str = "") -> None:

