@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Call", "CallParseError", "parse_calls", "format_calls", "schema_error", "MAX_CALL_TEXT_CHARS"]
+__all__ = ["Call", "CallParseError", "parse_calls", "format_calls", "schema_error", "calls_error", "MAX_CALL_TEXT_CHARS"]
 
 # Model output longer than this is refused before parsing: a 135M model that loops can emit
 # megabytes, and nested structures that deep are never a real call.
@@ -239,4 +239,18 @@ def schema_error(parameters: dict[str, Any], args: dict[str, Any]) -> str | None
             continue
         if not isinstance(value, want) or (isinstance(value, bool) and declared != "boolean"):
             return f"`{key}` must be {declared}, got {type(value).__name__}"
+    return None
+
+
+def calls_error(calls: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str | None:
+    """The first reason `calls` ({"name", "args"}) do not fit the offered tools (OpenAI-style
+    schemas): `unknown_function: NAME` or `invalid_arguments: WHY`; None when they all fit."""
+    by_name = {t.get("function", t).get("name"): t.get("function", t) for t in tools}
+    for call in calls:
+        fn = by_name.get(call["name"])
+        if fn is None:
+            return f"unknown_function: {call['name']}"
+        why = schema_error(fn.get("parameters") or {}, call.get("args") or {})
+        if why:
+            return f"invalid_arguments: {why}"
     return None

@@ -46,7 +46,7 @@ from typing import Any, Literal
 from langchain_core.messages import SystemMessage
 from pydantic import BaseModel, Field
 
-from fcagent.calls import Call, CallParseError, format_calls, parse_calls, schema_error
+from fcagent.calls import Call, CallParseError, calls_error, format_calls, parse_calls
 from fcagent.errors import UserError
 from fcagent.local_model import to_chat_dicts
 from fcagent.prompting import render_system_prompt
@@ -159,15 +159,7 @@ def structural_error(candidate: dict[str, Any], tools: list[dict[str, Any]], pro
             return f"parse_error: {exc}"
     if not calls or not tools:
         return None
-    by_name = {t.get("function", t).get("name"): t.get("function", t) for t in tools}
-    for c in calls:
-        fn = by_name.get(c["name"])
-        if fn is None:
-            return f"unknown_function: {c['name']}"
-        why = schema_error(fn.get("parameters") or {}, c.get("args") or {})
-        if why:
-            return f"invalid_arguments: {why}"
-    return None
+    return calls_error(calls, tools)
 
 
 def _judge(row: dict[str, Any]) -> list[tuple[str, str]]:

@@ -114,7 +114,7 @@ STUDENT_FAILURE_KINDS = ("invalid_tool_call", "unknown_function", "invalid_argum
 
 def student_failure(message: Any, tools: list[dict[str, Any]], *, require_call: bool = False) -> str | None:
     """Why a student's reply fails validation (and should go to the teacher), or None."""
-    from fcagent.calls import CallParseError, parse_calls, schema_error
+    from fcagent.calls import CallParseError, calls_error, parse_calls
 
     if not isinstance(message, AIMessage):
         return "no_call: not an assistant message"
@@ -127,15 +127,7 @@ def student_failure(message: Any, tools: list[dict[str, Any]], *, require_call: 
             return "invalid_tool_call: a call written as text, not parsed into tool_calls"
         except CallParseError:
             return "no_call: the reply has no function call" if require_call else None
-    by_name = {t["function"]["name"]: t["function"] for t in tools}
-    for call in message.tool_calls:
-        fn = by_name.get(call["name"])
-        if fn is None:
-            return f"unknown_function: {call['name']}"
-        why = schema_error(fn.get("parameters") or {}, call.get("args") or {})
-        if why:
-            return f"invalid_arguments: {why}"
-    return None
+    return calls_error([{"name": c["name"], "args": c.get("args") or {}} for c in message.tool_calls], tools)
 
 
 class StudentMiddleware(AgentMiddleware):
