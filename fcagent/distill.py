@@ -82,9 +82,9 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     from fcagent.tasks import get_task
     from fcagent.train import TrainSettings, train
 
-    settings = PRESETS[preset] if isinstance(preset, str) else preset
     if isinstance(preset, str) and preset not in PRESETS:
         raise UserError(f"`preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
+    settings = PRESETS[preset] if isinstance(preset, str) else preset
     methods = methods or settings.methods
     unknown = set(methods) - {"sft", "dpo", "rpo", "sft-dpo"}
     if unknown:

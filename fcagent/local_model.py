@@ -22,7 +22,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Syst
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from fcagent.calls import CallParseError, format_calls, parse_calls
+from fcagent.calls import Call, CallParseError, format_calls, parse_calls
 from fcagent.prompting import OBSERVATION_PREFIX, render_system_prompt, tool_schemas
 
 __all__ = ["LocalChatModel", "to_chat_dicts", "call_end"]
@@ -77,8 +77,6 @@ def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
         elif isinstance(m, AIMessage):
             role = "assistant"
             if m.tool_calls and not content.strip():
-                from fcagent.calls import Call
-
                 content = format_calls([Call(name=t["name"], args=t["args"], id=t.get("id") or "x")
                                         for t in m.tool_calls])
         elif isinstance(m, ToolMessage):

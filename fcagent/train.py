@@ -200,7 +200,7 @@ def _read_rows(pairs: str | Path, kind: str) -> list[dict[str, Any]]:
     return load_pairs(path, "dpo").to_list()
 
 
-def _trainer_args(settings: TrainSettings, out: Path, kind: str, n_rows: int) -> Any:
+def _trainer_args(settings: TrainSettings, out: Path, kind: str) -> Any:
     import torch
     from trl import DPOConfig, SFTConfig
 
@@ -234,7 +234,7 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
 
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    args = _trainer_args(settings, out, kind, len(rows))
+    args = _trainer_args(settings, out, kind)
     steps_per_epoch = math.ceil(len(rows) / (settings.batch_size * settings.grad_accum))
     total = settings.max_steps if settings.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
     live = _LiveMetrics(out / "metrics.jsonl", total, label)
