@@ -216,7 +216,7 @@ def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")
 @app.command("train")
 def train_cmd(pairs: Annotated[Path, typer.Option(help="Export folder (pairs.jsonl / sft.jsonl) or a saved dataset.")],
               student: Annotated[str, typer.Option(help="Student model spec.")] = "bundled:smollm2-135m",
-              method: Annotated[str, typer.Option(help="dpo, sft, rpo or sft-dpo.")] = "dpo",
+              method: Annotated[str, typer.Option(help="dpo, sft, rpo, sft-dpo or sft-rpo.")] = "dpo",
               out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/student"),
               epochs: Annotated[Optional[float], typer.Option(help="Epochs.")] = None,
               max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides epochs).")] = None,
@@ -301,14 +301,23 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             method: Annotated[Optional[list[str]], typer.Option("--method", help="Methods to train (default: the preset's).")] = None,
             baseline: Annotated[str, typer.Option(help="The baseline method; `sft` trains SFT on the same chosen completions.")] = "sft",
             rounds: Annotated[int, typer.Option(help="Rounds: the trained student replays the teacher's contexts for the next round's pairs.")] = 1,
+            test_problems: Annotated[Optional[int], typer.Option(help="Override the preset's held-out problem count.")] = None,
+            train_problems: Annotated[Optional[int], typer.Option(help="Override the preset's teacher problem count.")] = None,
+            replay_student: Annotated[Optional[str], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
             data_dir: DataOpt = None) -> None:
     """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
+    from fcagent.distill import PRESETS
     from fcagent.distill import distill as run_distill
 
     methods = list(method) if method else None
     if methods and baseline and baseline not in methods:
         methods = [baseline, *methods]
-    report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=preset, methods=methods,
+    if preset not in PRESETS:
+        raise UserError(f"`--preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
+    overrides = {k: v for k, v in {"test_problems": test_problems, "train_problems": train_problems,
+                                   "replay_student": replay_student}.items() if v is not None}
+    chosen = PRESETS[preset].model_copy(update={**overrides, "name": preset}) if overrides else preset
+    report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=chosen, methods=methods,
                          rounds=rounds, data_dir=data_dir, progress_factory=_progress, log=console.print)
     _print_report(report)
     console.print(f"report: {out / 'report.md'}  plots: {out / 'evaluation.png'}")

@@ -26,6 +26,7 @@ __all__ = ["DistillPreset", "PRESETS", "distill"]
 
 
 class DistillPreset(BaseModel):
+    name: str = "custom"
     train_problems: int | None = Field(description="Teacher problems harvested from the train split (None: all).")
     test_problems: int = Field(description="Held-out problems every model is evaluated on.")
     samples: int = Field(description="Student candidates per teacher context (on-policy negatives).")
@@ -38,17 +39,21 @@ class DistillPreset(BaseModel):
     batch_size: int = 4
     sft_epochs: float = 3.0
     sft_max_steps: int = -1
+    replay_student: Literal["sft", "base"] = Field(
+        "sft", description="Who samples the rejected side: `sft` replays the teacher's contexts with the trained "
+        "SFT student (its failures are on-policy for sft-dpo/sft-rpo, which start from it), `base` with the "
+        "untrained one (measured on BFCL: trivially separable negatives, DPO after SFT lost to SFT).")
     response_prefix: str = Field('{"name": "', description="Decoding constraint for the local student: the reply "
                                  "starts as a JSON call (not for BFCL irrelevance, where no call is right).")
 
 
 PRESETS: dict[str, DistillPreset] = {
     # Under 10 minutes on a 2-core CPU (measured by benchmarks/stages.py): a small slice of everything.
-    "quick": DistillPreset(train_problems=32, test_problems=15, samples=2, replay_contexts=16,
+    "quick": DistillPreset(name="quick", train_problems=32, test_problems=15, samples=2, replay_contexts=16,
                            methods=["sft", "dpo"], max_steps=8, batch_size=2, sft_max_steps=16),
     # What produces the README's table.
-    "full": DistillPreset(train_problems=None, test_problems=100, samples=4, replay_contexts=80,
-                          methods=["sft", "sft-dpo", "dpo"], max_steps=20, batch_size=4, sft_max_steps=40),
+    "full": DistillPreset(name="full", train_problems=None, test_problems=100, samples=4, replay_contexts=80,
+                          methods=["sft", "sft-dpo", "sft-rpo"], max_steps=20, batch_size=4, sft_max_steps=40),
 }
 
 
@@ -80,15 +85,15 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     from fcagent.models import load_chat_model
     from fcagent.replay import replay
     from fcagent.tasks import get_task
-    from fcagent.train import TrainSettings, train
+    from fcagent.train import WARM_STARTED, TrainSettings, train
 
     if isinstance(preset, str) and preset not in PRESETS:
         raise UserError(f"`preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
     settings = PRESETS[preset] if isinstance(preset, str) else preset
     methods = methods or settings.methods
-    unknown = set(methods) - {"sft", "dpo", "rpo", "sft-dpo"}
+    unknown = set(methods) - {"sft", "dpo", "rpo", "sft-dpo", "sft-rpo"}
     if unknown:
-        raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from sft, dpo, rpo, sft-dpo")
+        raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from sft, dpo, rpo, sft-dpo, sft-rpo")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "traces.db"
@@ -122,16 +127,13 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     timed("harvest", lambda: harvest(task=task, teacher=teacher, limit=settings.train_problems, split="train",
                                      store=store, resume=True, data_dir=data_dir, progress=progress(),
                                      model=None if teacher != student else student_chat()))
-    # 2. The student's own candidates on the teacher's good contexts: the on-policy negatives.
-    timed("replay", lambda: replay(store, student_chat(), student_name=student, task=task, samples=settings.samples,
-                                   temperature=settings.temperature, limit=settings.replay_contexts,
-                                   data_dir=data_dir, progress=progress()))
-
     # 3. Labelled traces → preference pairs and SFT rows (the eval split never leaves the store).
-    def export_stage(folder: str = "data") -> dict[str, Any]:
+    def export_stage(folder: str = "data", pairs: bool = True) -> dict[str, Any]:
         info: dict[str, Any] = {}
         sft = export_sft(store, out / folder, tokenizer=student_chat().tokenizer)
         info["sft_rows"] = sft.rows
+        if not pairs:
+            return info
         try:
             dpo = export_preference_pairs(store, out / folder, tokenizer=student_chat().tokenizer)
             info["pairs"] = dpo.rows
@@ -141,8 +143,6 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
             info["pairs_error"] = str(exc)
         return info
 
-    exported = timed("export", export_stage)
-
     def train_stage(method: str, folder: str, run_dir: Path) -> dict[str, Any]:
         sft_like = method == "sft"
         warm = out / "runs" / "sft"
@@ -150,13 +150,29 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                             max_steps=settings.sft_max_steps if sft_like else settings.max_steps,
                             learning_rate=settings.learning_rate, batch_size=settings.batch_size,
                             sft_epochs=settings.sft_epochs,
-                            warm_start=str(warm) if method == "sft-dpo" and (warm / "fcagent_run.json").exists() else None)
+                            warm_start=str(warm) if method in WARM_STARTED and (warm / "fcagent_run.json").exists() else None)
         return train(out / folder, student, run_dir, settings=cfg).model_dump(mode="json")
 
-    # 4. Train each method on the same data (SFT on the chosen completions = the baseline).
     runs: dict[str, Path] = {}
+    replayer_name, replayer = student, student_chat
+    if settings.replay_student == "sft" and "sft" in methods:
+        # SFT needs no pairs, so it trains first and its student samples the negatives.
+        timed("export-sft", lambda: export_stage("data-sft", pairs=False))
+        timed("train-sft", lambda: train_stage("sft", "data-sft", out / "runs" / "sft"))
+        runs["sft"] = out / "runs" / "sft"
+        replayer_name = str(out / "runs" / "sft")
+        replayer = lambda: load_chat_model(replayer_name, **student_kwargs)  # noqa: E731
+    # 2. The student's own candidates on the teacher's good contexts: the negatives.
+    timed("replay", lambda: replay(store, replayer(), student_name=replayer_name, task=task, samples=settings.samples,
+                                   temperature=settings.temperature, limit=settings.replay_contexts,
+                                   data_dir=data_dir, progress=progress()))
+    exported = timed("export", export_stage)
+
+    # 4. Train each method on the same data (SFT on the chosen completions = the baseline).
     for method in methods:
         run_dir = out / "runs" / method
+        if method in runs:
+            continue
         if method != "sft" and not exported.get("pairs"):
             log(f"[train {method}] skipped: no preference pairs ({exported.get('pairs_error', '')[:200]})")
             continue
@@ -199,7 +215,8 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     notes = [f"Teacher: `{teacher}`" + (" — the task's gold chains replayed (it reads the gold answer, so it "
                                         "is the upper bound, 100% by construction, and is not evaluated)."
                                         if teacher_is_reference else "."),
-             f"Student: `{student}`. Preset: `{preset if isinstance(preset, str) else 'custom'}`. "
+             f"Student: `{student}`. Preset: `{settings.name}` ({settings.model_dump_json(exclude={'name'})}). "
+             f"Negatives sampled by: `{replayer_name}`. "
              f"Data: {exported.get('sft_rows', 0)} SFT rows, {exported.get('pairs', 0)} preference pairs "
              f"{json.dumps(exported.get('pairs_by_source', {}))}.",
              "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]

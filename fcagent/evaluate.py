@@ -95,8 +95,15 @@ def _load_results(path: Path, problem_ids: list[str]) -> list[EpisodeResult] | N
 def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: int | None = 100,
              out_dir: str | Path, data_dir: str | Path | None = None, protocol: str = "auto",
              max_steps: int | None = None, progress: Any = None, loaded: dict[str, Any] | None = None,
-             problems: list[Problem] | None = None, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate `models` ({name: spec}) on the same problems; returns (and writes) the report data."""
+             problems: list[Problem] | None = None, model_kwargs: dict[str, Any] | None = None,
+             concurrency: int | None = None) -> dict[str, Any]:
+    """Evaluate `models` ({name: spec}) on the same problems; returns (and writes) the report data.
+
+    `concurrency` None picks by measurement on the 2-core CPU: single-step tasks run 8 problems at once
+    (the local model batches their calls: 1.4x faster on BFCL), multi-step ones run one at a time
+    (each step reuses the previous step's prompt cache, which batching cannot: 69 s vs 112 s for 8
+    ProntoQA problems).
+    """
     out = Path(out_dir)
     (out / "results").mkdir(parents=True, exist_ok=True)
     t = get_task(task, data_dir=data_dir)
@@ -124,7 +131,9 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
             if bar is not None:
                 progress.update(bar, advance=1, status=f"correct {right}")
 
+        workers = concurrency or (8 if (max_steps or t.max_steps) == 1 else 1)
         results = run_problems(chat, t, problems, protocol=protocol, max_steps=max_steps, on_result=tick,
+                               concurrency=workers,
                                metadata={"fcagent_model": spec, "fcagent_role": "eval"})
         if progress is not None:
             progress.stop()

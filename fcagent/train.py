@@ -2,7 +2,8 @@
 
 Methods: `dpo` (preference pairs), `sft` (the chosen completions only, the baseline), `rpo` (DPO plus
 an NLL term on the chosen side: TRL's `loss_type=["sigmoid", "sft"]`), `sft-dpo` (SFT first, merged,
-then DPO from there). Defaults are set for the bundled 135M model on a 2-core CPU and are the same on
+then DPO from there), `sft-rpo` (the same warm start, then rpo: measured on BFCL, DPO after SFT
+pushed the chosen log-prob down with the rejected one and lost to SFT; the NLL term holds it up). Defaults are set for the bundled 135M model on a 2-core CPU and are the same on
 a GPU (`accelerate launch -m fcagent train ...` for several): gradient checkpointing off (memory is
 not the limit), bf16 on GPUs only (on this CPU it made TRL's DPO step slower, see `_bf16_available`),
 LoRA dropout 0 (it cost ~2 of 12 s per step here), reference log-probs precomputed once when
@@ -31,7 +32,8 @@ __all__ = ["LoraSettings", "TrainSettings", "TrainResult", "train", "train_dpo",
            "adapter_digest"]
 
 RUN_MANIFEST = "fcagent_run.json"
-Method = Literal["dpo", "sft", "rpo", "sft-dpo"]
+Method = Literal["dpo", "sft", "rpo", "sft-dpo", "sft-rpo"]
+WARM_STARTED = ("sft-dpo", "sft-rpo")
 
 
 class LoraSettings(BaseModel):
@@ -42,7 +44,7 @@ class LoraSettings(BaseModel):
 
 
 class TrainSettings(BaseModel):
-    method: Method = Field("dpo", description="dpo, sft, rpo or sft-dpo.")
+    method: Method = Field("dpo", description="dpo, sft, rpo, sft-dpo or sft-rpo.")
     epochs: float = Field(3.0, description="Passes over the data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Optimizer steps; -1 means use epochs.")
     learning_rate: float | None = Field(None, description="Default 1e-4 for preference methods, 2e-4 for SFT.")
@@ -55,7 +57,7 @@ class TrainSettings(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Off: faster here and memory is not the limit.")
     precompute_ref_log_probs: bool | None = Field(None, description="None: on when epochs > 1.")
     sft_epochs: float = Field(3.0, description="SFT epochs of the sft-dpo warm start.")
-    warm_start: str | None = Field(None, description="sft-dpo: an SFT run folder to start from instead of training one.")
+    warm_start: str | None = Field(None, description="sft-dpo/sft-rpo: an SFT run folder to start from instead of training one.")
     seed: int = 0
     trl_defaults: bool = Field(False, description="Use TRL's own defaults (lr 1e-6, checkpointing) for comparison.")
     prompt_style: str = Field("examples", description="Prompt the student was trained with (recorded for eval).")
@@ -279,7 +281,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     stack: list[str] = []
     metrics: list[dict[str, Any]] = []
     steps = 0
-    if settings.method == "sft-dpo" and settings.warm_start:
+    if settings.method in WARM_STARTED and settings.warm_start:
         import shutil
 
         from peft import PeftModel
@@ -290,7 +292,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
         shutil.copytree(warm / "adapter", out / "sft_adapter", dirs_exist_ok=True)
         model = PeftModel.from_pretrained(model, out / "sft_adapter").merge_and_unload()
         stack.append("sft_adapter")
-    elif settings.method == "sft-dpo":
+    elif settings.method in WARM_STARTED:
         sft_rows = _sft_rows_from_pairs(rows)
         model, m, s = _fit("sft-warm", model, tokenizer, sft_rows, settings, lora, out, "sft warm start")
         model.save_pretrained(out / "sft_adapter")
@@ -298,7 +300,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
         model = model.merge_and_unload()
         metrics += [{**r, "phase": "sft"} for r in m]
         steps += s
-    method_kind = {"dpo": "dpo", "rpo": "rpo", "sft": "sft", "sft-dpo": "dpo"}[settings.method]
+    method_kind = {"dpo": "dpo", "rpo": "rpo", "sft": "sft", "sft-dpo": "dpo", "sft-rpo": "rpo"}[settings.method]
     model, m, s = _fit(method_kind, model, tokenizer, rows, settings, lora, out, settings.method)
     metrics += m
     steps += s

@@ -51,16 +51,24 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     logs: list[str] = []
     report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
     assert set(report["models"]) == {"base", "sft", "dpo"} and report["n_problems"] == 2
-    for stage in ("harvest", "replay", "export", "train-sft", "train-dpo", "eval"):
+    stages = ("harvest", "export-sft", "train-sft", "replay", "export", "train-dpo", "eval")
+    for stage in stages:
         assert (tmp_path / f"{stage}.done.json").exists(), stage
+    # the SFT student sampled the negatives (replay_student="sft"), so SFT trained before the replay
+    assert [line.split("]")[0][1:] for line in logs] == list(stages)
+    from fcagent.store import TraceStore
+
+    replayers = {ep.model for ep in TraceStore(tmp_path / "traces.db").episodes()
+                 if ep.metadata.get("fcagent_role") == "student-replay"}
+    assert replayers == {str(tmp_path / "runs" / "sft")}
     assert (tmp_path / "report.md").exists() and "reference" in (tmp_path / "report.md").read_text()
     logs.clear()
     distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
-    assert sum("done before, skipped" in line for line in logs) == 6  # nothing was redone
+    assert sum("done before, skipped" in line for line in logs) == 7  # nothing was redone
     (tmp_path / "eval.done.json").unlink()
     logs.clear()
     distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
-    assert sum("done before, skipped" in line for line in logs) == 5
+    assert sum("done before, skipped" in line for line in logs) == 6
     assert any(line.startswith("[eval]") and "skipped" not in line for line in logs)
     # a second round: the trained student replays, its failures join the pairs, dpo trains again
     (tmp_path / "eval.done.json").unlink()
