@@ -1,8 +1,9 @@
 """Run every benchmark and write benchmarks/results.json plus a markdown table.
 
-    python -m benchmarks.run [--quick]
+    python -m benchmarks.run [--quick] [--stages]
 
 Each benchmark measures fcagent against the alternative in the same process and reports ratios.
+`--stages` adds the timed `distill --preset quick` run (~8 minutes on its own).
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="Fewer repeats (a smoke run).")
+    parser.add_argument("--stages", action="store_true", help="Also time `distill --preset quick` stage by stage.")
     args = parser.parse_args()
-    from benchmarks import dpo_throughput, export_scale, tracing
+    from benchmarks import dpo_throughput, export_scale, generation, stages, store_writers, student_cost, tracing
 
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                  "cpus": os.cpu_count()}, "date": time.strftime("%Y-%m-%d")}
     results["tracing"] = tracing.run(rounds=4 if args.quick else 12, runs=20 if args.quick else 40)
     results["export_scale"] = export_scale.run([2_000, 10_000] if args.quick else [10_000, 100_000])
+    results["store_writers"] = store_writers.run(800 if args.quick else 4000)
+    results["generation"] = generation.run(prompts=3 if args.quick else 6, k=4, max_new=48)
+    results["student_cost"] = student_cost.run(problems=4 if args.quick else 10)
     results["dpo_throughput"] = dpo_throughput.run(None, steps=2 if args.quick else 6)
+    if args.stages:
+        results["stages"] = stages.run()
     (HERE / "results.json").write_text(json.dumps(results, indent=2))
     t, d = results["tracing"], results["dpo_throughput"]
     lines = ["| benchmark | fcagent | alternative | ratio |", "|---|---|---|---|"]
@@ -38,8 +45,40 @@ def main() -> None:
                          f"{t[f'fcagent_overhead_as_fraction_of_{peer}']:.3f}x |")
     lines.append(f"| DPO tokens/s (135M, LoRA r=16, batch 2) | {d['fcagent']['tokens_per_second']:.0f} | "
                  f"TRL defaults {d['trl_defaults']['tokens_per_second']:.0f} | {d['speedup']:.2f}x |")
+    lines.append(f"| DPO tokens/s as a fraction of the bf16 / fp32 matmul ceiling | "
+                 f"{d['fcagent_fraction_of_bf16_ceiling']:.1%} / {d['fcagent_fraction_of_fp32_ceiling']:.1%} | – | – |")
     for n, e in results["export_scale"].items():
         lines.append(f"| export of {int(n):,} episodes | {e['episodes_per_second']} episodes/s, peak RSS {e['peak_rss_mb']} MB | – | – |")
+    w = results["store_writers"]
+    for mode in ("threads", "processes"):
+        lines.append(f"| store writes, {w['writers']} {mode} vs 1 writer | {w[mode]['episodes_per_second']} episodes/s "
+                     f"(all present: {w[mode]['complete']}) | 1 writer {w['single']['episodes_per_second']} episodes/s | "
+                     f"{w[f'{mode}_over_single']:.2f}x |")
+    g = results["generation"]
+    k = g["k"]
+    lines.append(f"| candidates: {k} per call (shared prefill) vs {k} sequential calls | {g['fcagent_batched']['tokens_per_second']} tok/s | "
+                 f"sequential {g['fcagent_sequential']['tokens_per_second']} tok/s | {g['batched_over_sequential']:.2f}x |")
+    lines.append(f"| candidates: fcagent vs raw `generate(num_return_sequences={k})` | {g['fcagent_batched']['tokens_per_second']} tok/s | "
+                 f"raw {g['raw_generate']['tokens_per_second']} tok/s | {g['fcagent_batched_over_raw_generate']:.2f}x |")
+    lines.append(f"| candidates: {g['prompts']} contexts in flight (one batch) vs one at a time | {g['fcagent_concurrent']['tokens_per_second']} tok/s | "
+                 f"{g['fcagent_batched']['tokens_per_second']} tok/s | {g['concurrent_over_batched']:.2f}x |")
+    if "tokens_per_second" in g["llama_cpp"]:
+        best = max(g["fcagent_batched"]["tokens_per_second"], g["fcagent_concurrent"]["tokens_per_second"])
+        lines.append(f"| harvest rate vs llama-cpp-python {g['llama_cpp']['version']} single stream (same GGUF, prompts) | "
+                     f"{best} tok/s | {g['llama_cpp']['tokens_per_second']} tok/s | {g['harvest_over_llama_cpp_single_stream']:.2f}x |")
+    else:
+        lines.append(f"| harvest rate vs llama-cpp-python | skipped: {g['llama_cpp']['skipped']} | – | – |")
+    c = results["student_cost"]
+    lines.append(f"| per problem ({c['task']}): student tokens (prompt+completion), wall | "
+                 f"{c['student']['prompt_tokens_per_problem']}+{c['student']['completion_tokens_per_problem']}, "
+                 f"{c['student']['wall_s_per_problem']} s | teacher `{c['teacher']['spec']}` "
+                 f"{c['teacher']['prompt_tokens_per_problem']}+{c['teacher']['completion_tokens_per_problem']}"
+                 f"{'' if c['teacher_wall_is_a_model'] else ' (a replay: no model time)'} | "
+                 f"{c['student_over_teacher_tokens']:.2f}x tokens |")
+    if "stages" in results:
+        st = results["stages"]
+        lines.append(f"| `distill --preset quick` end to end | {st['total_seconds'] / 60:.1f} min "
+                     f"({', '.join(f'{k} {v:.0f} s' for k, v in st['stages'].items())}) | target 10 min | – |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

