@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -303,6 +303,7 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             rounds: Annotated[int, typer.Option(help="Rounds: the trained student replays the teacher's contexts for the next round's pairs.")] = 1,
             test_problems: Annotated[Optional[int], typer.Option(help="Override the preset's held-out problem count.")] = None,
             train_problems: Annotated[Optional[int], typer.Option(help="Override the preset's teacher problem count.")] = None,
+            replay_contexts: Annotated[Optional[int], typer.Option(help="Override the preset's replayed teacher contexts.")] = None,
             replay_student: Annotated[Optional[str], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
             data_dir: DataOpt = None) -> None:
     """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
@@ -315,8 +316,17 @@ def distill(task: TaskOpt = "bfcl:simple_python",
     if preset not in PRESETS:
         raise UserError(f"`--preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
     overrides = {k: v for k, v in {"test_problems": test_problems, "train_problems": train_problems,
-                                   "replay_student": replay_student}.items() if v is not None}
-    chosen = PRESETS[preset].model_copy(update={**overrides, "name": preset}) if overrides else preset
+                                   "replay_contexts": replay_contexts, "replay_student": replay_student}.items() if v is not None}
+    chosen: Any = preset
+    if overrides:
+        from pydantic import ValidationError
+
+        from fcagent.distill import DistillPreset
+
+        try:
+            chosen = DistillPreset.model_validate({**PRESETS[preset].model_dump(), **overrides, "name": preset})
+        except ValidationError as exc:
+            raise UserError(f"distill options: {exc}") from exc
     report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=chosen, methods=methods,
                          rounds=rounds, data_dir=data_dir, progress_factory=_progress, log=console.print)
     _print_report(report)

@@ -68,3 +68,14 @@ def test_sigkill_mid_harvest_then_resume_stores_every_problem_once(tmp_path, dat
 def test_errors_are_messages_not_tracebacks(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fcagent", "run", "--task", "chess"], capture_output=True, text=True)
     assert result.returncode == 2 and "`task` must be one of" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_distill_rejects_bad_overrides_before_any_work(tmp_path):
+    for args, expected in ((["--preset", "huge"], "`--preset` must be one of"),
+                           (["--replay-student", "nobody"], "replay_student"),
+                           (["--test-problems", "many"], "many")):
+        proc = subprocess.run([sys.executable, "-m", "fcagent", "distill", "--task", "math", "--out",
+                               str(tmp_path / "run"), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert expected in proc.stdout + proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started

@@ -89,3 +89,54 @@ def test_real_bundled_model_through_the_graph(data_dir):
         assert out["steps"] == 1 and out["status"] in ("answered", "no_call")
         assert isinstance(out["verdict"]["success"], bool)
         assert out["messages"][-1].content.strip()  # the real model said something
+
+
+def test_concurrent_calls_are_batched_and_match_one_at_a_time(tiny, monkeypatch):
+    """Prompts of different lengths from 4 threads: left-padded batches, the same greedy replies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fcagent.local_model import LocalChatModel
+
+    questions = ["hi", "count to three please", "what is two plus two, in words?", "name a colour"]
+    alone = [tiny.invoke([HumanMessage(q)]).content for q in questions]
+    batches: list[int] = []
+    original = LocalChatModel._generate_rows
+
+    def spy(self, prompts, ns, **kw):
+        batches.append(len(prompts))
+        return original(self, prompts, ns, **kw)
+
+    monkeypatch.setattr(LocalChatModel, "_generate_rows", spy)
+    tiny._overlap[0] = True  # as after overlapping calls: a batch leader waits for the others
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda q: tiny.invoke([HumanMessage(q)]).content, questions))
+    assert together == alone
+    assert max(batches) > 1 and sum(batches) == 4  # calls shared a batch; none lost or run twice
+
+
+def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(tiny):
+    model = tiny.model_copy()
+    model._prefix_caches = []  # its own cache list (a copy shares the original's otherwise)
+    uncached = tiny.model_copy(update={"prefix_cache_size": 0})
+    uncached._prefix_caches = []
+    history = [HumanMessage("count to three")]
+    first = model.invoke(history)
+    follow = [*history, first, HumanMessage("and now to four")]
+    expected = uncached.invoke(follow).content
+    seen: list[int] = []
+    forward = model.hf_model.forward
+
+    def spy(*args, **kw):
+        ids = kw.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            seen.append(ids.shape[1])
+        return forward(*args, **kw)
+
+    model.hf_model.forward = spy
+    try:
+        got = model.invoke(follow).content
+    finally:
+        del model.hf_model.forward
+    assert got == expected
+    count = lambda messages: len(model.tokenizer(model.render(messages), add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert seen[0] == count(follow) - count(history)  # only what the first prompt did not cover
