@@ -169,7 +169,8 @@ class LocalChatModel(BaseChatModel):
     def _sample(self, prompt: str, *, n: int, temperature: float, max_new_tokens: int,
                 stop: list[str] | None) -> tuple[list[str], int, list[int]]:
         """`n` replies to `prompt`: (texts, prompt tokens, completion tokens per reply)."""
-        req = _Request(prompt=prompt, n=n, key=(temperature, max_new_tokens, tuple(stop or ())))
+        # Requests batch together only with equal settings and equal n (one prefill per prompt, repeated n times).
+        req = _Request(prompt=prompt, n=n, key=(temperature, max_new_tokens, tuple(stop or ()), n))
         with self._pending_lock:
             self._pending.append(req)
         while not req.done.is_set():
@@ -220,12 +221,11 @@ class LocalChatModel(BaseChatModel):
             prompt_lens = [enc["input_ids"].shape[1]]
             ids = enc["input_ids"].repeat(ns[0], 1)
             mask = torch.ones_like(ids)
-        else:  # several callers: left-pad to one length, each prompt repeated for its n candidates
+        else:  # several callers (equal n): left-padded to one length
             enc = self.tokenizer(prompts, return_tensors="pt", add_special_tokens=False, padding=True,
                                  padding_side="left")
             prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-            index = torch.tensor([i for i, n in enumerate(ns) for _ in range(n)])
-            ids, mask = enc["input_ids"][index], enc["attention_mask"][index]
+            ids, mask = enc["input_ids"], enc["attention_mask"]
         width = ids.shape[1]
         if self.stop_at_call_end:
             gen["stopping_criteria"] = [_call_end_criteria(self.tokenizer, width, self.response_prefix)]
@@ -238,6 +238,18 @@ class LocalChatModel(BaseChatModel):
                 cache = self._prefill(ids[0].tolist())
                 if ns[0] > 1:
                     cache.batch_repeat_interleave(ns[0])
+                out = self.hf_model.generate(ids, attention_mask=mask, past_key_values=cache, **gen)
+            elif ns[0] > 1 and width > 1:
+                # Each prompt pre-filled once (positions counted from its first real token), then the
+                # cache and the rows repeated for its n candidates.
+                from transformers import DynamicCache
+
+                cache = DynamicCache()
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                self.hf_model(ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                              past_key_values=cache, use_cache=True)
+                cache.batch_repeat_interleave(ns[0])
+                ids, mask = ids.repeat_interleave(ns[0], dim=0), mask.repeat_interleave(ns[0], dim=0)
                 out = self.hf_model.generate(ids, attention_mask=mask, past_key_values=cache, **gen)
             else:
                 out = self.hf_model.generate(ids, attention_mask=mask, **gen)

@@ -140,3 +140,20 @@ def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(tiny):
     assert got == expected
     count = lambda messages: len(model.tokenizer(model.render(messages), add_special_tokens=False)["input_ids"])  # noqa: E731
     assert seen[0] == count(follow) - count(history)  # only what the first prompt did not cover
+
+
+def test_batched_prompts_share_one_prefill_for_their_n_candidates(tiny, monkeypatch):
+    """n=2 greedy from 3 threads: each prompt's copies equal its greedy reply alone (left padding,
+    positions and the repeated cache all line up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [tiny.render([HumanMessage(q)]) for q in ("hi", "count to three please", "what is two plus two?")]
+    kw = {"temperature": 0.0, "max_new_tokens": 10, "stop": None}
+    alone = [tiny._sample(p, n=1, **kw)[0][0] for p in prompts]
+    tiny._overlap[0] = True
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(lambda p: tiny._sample(p, n=2, **kw), prompts))
+    for (texts, prompt_tokens, counts), single, prompt in zip(together, alone, prompts):
+        assert texts == [single, single]
+        assert prompt_tokens == len(tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert len(counts) == 2
