@@ -4,7 +4,10 @@ The offline default follows what was measured on this machine: the untrained 135
 almost none of its own samples right (0 of 352 at T=0.5 on BFCL simple_python), so self-sampling
 alone yields too few pairs. The default teacher is therefore `reference` (the task's gold chains
 replayed through the graph), and the rejected side is the student's own sampled failures on the
-teacher's contexts (`replay`: on-policy, teacher-vs-student pairs). The paper's settings stay one
+teacher's contexts (`replay`: teacher-vs-student pairs). The student that samples them is the SFT
+student by default, trained first: the untrained one's failures were trivially separable on BFCL
+(reward accuracy 1.0 from step 2) and DPO on them after SFT lost to SFT; the SFT student's are
+on-policy for the methods that start from it (sft-dpo, sft-rpo). The paper's settings stay one
 flag away: `--teacher bundled:smollm2-135m --samples K` (the small model as its own teacher) or any
 LangChain model spec for the large-teacher setting.
 
@@ -127,7 +130,7 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     timed("harvest", lambda: harvest(task=task, teacher=teacher, limit=settings.train_problems, split="train",
                                      store=store, resume=True, data_dir=data_dir, progress=progress(),
                                      model=None if teacher != student else student_chat()))
-    # 3. Labelled traces → preference pairs and SFT rows (the eval split never leaves the store).
+    # Labelled traces → SFT rows and preference pairs (the eval split never leaves the store).
     def export_stage(folder: str = "data", pairs: bool = True) -> dict[str, Any]:
         info: dict[str, Any] = {}
         sft = export_sft(store, out / folder, tokenizer=student_chat().tokenizer)
@@ -156,19 +159,19 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     runs: dict[str, Path] = {}
     replayer_name, replayer = student, student_chat
     if settings.replay_student == "sft" and "sft" in methods:
-        # SFT needs no pairs, so it trains first and its student samples the negatives.
+        # 2. SFT needs no pairs, so it trains first, and its student samples the negatives.
         timed("export-sft", lambda: export_stage("data-sft", pairs=False))
         timed("train-sft", lambda: train_stage("sft", "data-sft", out / "runs" / "sft"))
         runs["sft"] = out / "runs" / "sft"
         replayer_name = str(out / "runs" / "sft")
         replayer = lambda: load_chat_model(replayer_name, **student_kwargs)  # noqa: E731
-    # 2. The student's own candidates on the teacher's good contexts: the negatives.
+    # 3. The student's own candidates on the teacher's good contexts: the negatives; then the pairs.
     timed("replay", lambda: replay(store, replayer(), student_name=replayer_name, task=task, samples=settings.samples,
                                    temperature=settings.temperature, limit=settings.replay_contexts,
                                    data_dir=data_dir, progress=progress()))
     exported = timed("export", export_stage)
 
-    # 4. Train each method on the same data (SFT on the chosen completions = the baseline).
+    # 4. Train each preference method on the pairs (SFT, the baseline, on the teacher's chains).
     for method in methods:
         run_dir = out / "runs" / method
         if method in runs:
