@@ -68,7 +68,7 @@ def _llama_cpp(texts: list[str], k: int, max_new: int, temperature: float, threa
                            "from source (~4 min on 2 cores)"}
     from fcagent.models import bundled_gguf_path
 
-    with _no_extra_buffer_types(llama_cpp.llama_cpp), contextlib.redirect_stderr(None):
+    with _no_extra_buffer_types(llama_cpp.llama_cpp):
         llm = llama_cpp.Llama(model_path=str(bundled_gguf_path()), n_ctx=2048, n_threads=threads,
                               n_threads_batch=threads, verbose=False, seed=0)
     llm(texts[0], max_tokens=4)  # warm-up

@@ -22,20 +22,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="Fewer repeats (a smoke run).")
     parser.add_argument("--stages", action="store_true", help="Also time `distill --preset quick` stage by stage.")
+    parser.add_argument("--resume", action="store_true", help="Keep results already in results.json; run the rest.")
     args = parser.parse_args()
     from benchmarks import dpo_throughput, export_scale, generation, stages, store_writers, student_cost, tracing
 
-    results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                 "cpus": os.cpu_count()}, "date": time.strftime("%Y-%m-%d")}
-    results["tracing"] = tracing.run(rounds=4 if args.quick else 12, runs=20 if args.quick else 40)
-    results["export_scale"] = export_scale.run([2_000, 10_000] if args.quick else [10_000, 100_000])
-    results["store_writers"] = store_writers.run(800 if args.quick else 4000)
-    results["generation"] = generation.run(prompts=3 if args.quick else 6, k=4, max_new=48)
-    results["student_cost"] = student_cost.run(problems=4 if args.quick else 10)
-    results["dpo_throughput"] = dpo_throughput.run(None, steps=2 if args.quick else 6)
+    path = HERE / "results.json"
+    results: dict = json.loads(path.read_text()) if args.resume and path.exists() else {}
+    results |= {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                            "cpus": os.cpu_count()}, "date": time.strftime("%Y-%m-%d")}
+    plan = {
+        "tracing": lambda: tracing.run(rounds=4 if args.quick else 12, runs=20 if args.quick else 40),
+        "export_scale": lambda: export_scale.run([2_000, 10_000] if args.quick else [10_000, 100_000]),
+        "store_writers": lambda: store_writers.run(800 if args.quick else 4000),
+        "generation": lambda: generation.run(prompts=3 if args.quick else 6, k=4, max_new=48),
+        "student_cost": lambda: student_cost.run(problems=4 if args.quick else 10),
+        "dpo_throughput": lambda: dpo_throughput.run(None, steps=2 if args.quick else 6),
+    }
     if args.stages:
-        results["stages"] = stages.run()
-    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+        plan["stages"] = stages.run
+    for name, bench in plan.items():
+        if name in results:
+            print(f"{name}: kept from {path.name} (--resume)")
+            continue
+        results[name] = bench()
+        path.write_text(json.dumps(results, indent=2))  # each result saved as soon as it exists
     t, d = results["tracing"], results["dpo_throughput"]
     lines = ["| benchmark | fcagent | alternative | ratio |", "|---|---|---|---|"]
     for peer in ("langsmith", "langfuse"):

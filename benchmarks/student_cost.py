@@ -36,11 +36,12 @@ def _measure(name: str, spec: str, task: Any, problems: list, tokenizer: Any, wo
     for trace in store.traces():
         for c in trace.completions:
             calls += 1
-            messages = [{"role": m["role"] if m["role"] in ("system", "user", "assistant") else "user",
-                         "content": m.get("content") or ""} for m in c.messages]
-            prompt += len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+            messages = [{"role": m.role if m.role in ("system", "user", "assistant") else "user",
+                         "content": m.content} for m in c.messages]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompt += len(tokenizer(text, add_special_tokens=False)["input_ids"])
             for cand in c.candidates[:1]:
-                completion += len(tokenizer(cand.message.get("content") or "", add_special_tokens=False)["input_ids"])
+                completion += len(tokenizer(cand.message.content, add_special_tokens=False)["input_ids"])
     n = len(problems)
     return {"spec": spec, "correct": sum(r.success for r in results), "problems": n,
             "model_calls_per_problem": round(calls / n, 2), "prompt_tokens_per_problem": round(prompt / n),
