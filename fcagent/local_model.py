@@ -133,6 +133,7 @@ class LocalChatModel(BaseChatModel):
                                 "concurrently (1 turns batching off).")
     batch_wait_s: float = Field(default=0.02, description="How long a batch leader waits for more callers, once "
                                 "calls have been seen to overlap.")
+    prefix_cache_size: int = Field(default=8, description="Prompt KV caches kept for prefix reuse (0: off).")
     hf_model: Any = Field(default=None, exclude=True)
     tokenizer: Any = Field(default=None, exclude=True)
     # Shared by model_copy()s (a shallow copy): one model in memory, one queue, one lock.
@@ -140,7 +141,6 @@ class LocalChatModel(BaseChatModel):
     _pending: list = PrivateAttr(default_factory=list)
     _pending_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _overlap: list = PrivateAttr(default_factory=lambda: [False])
-    prefix_cache_size: int = Field(default=8, description="Prompt KV caches kept for prefix reuse (0: off).")
     _prefix_caches: list = PrivateAttr(default_factory=list)  # [(token ids list, DynamicCache)], newest last
 
     @property

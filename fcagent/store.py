@@ -7,6 +7,7 @@ per episode, and schema changes as an append-only list of named migrations recor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -136,31 +137,25 @@ class TraceStore:
                 os.close(self._writer_fd[1])
             self._writer_fd = None
 
-    def _writer_queue(self) -> Any:
+    @contextlib.contextmanager
+    def _writer_queue(self) -> Iterator[None]:
         """Writers wait in a blocking `flock` on a sidecar file before taking SQLite's write lock.
 
         SQLite's busy handler polls with sleeps of up to 100 ms, so with several processes writing,
         the write lock mostly sits free while they sleep; a blocked `flock` wakes the next writer as
         soon as the lock is released (measured by benchmarks/store_writers.py).
         """
-        import contextlib
-
         if fcntl is None:
-            return contextlib.nullcontext()
+            yield
+            return
         if self._writer_fd is None or self._writer_fd[0] != os.getpid():  # opened per process (not across fork)
-            fd = os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            self._writer_fd = (os.getpid(), fd)
+            self._writer_fd = (os.getpid(), os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644))
         fd = self._writer_fd[1]
-
-        @contextlib.contextmanager
-        def held() -> Iterator[None]:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-        return held()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def __enter__(self) -> TraceStore:
         return self
