@@ -30,7 +30,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from fcagent.calls import Call, CallParseError, format_calls, parse_calls
 from fcagent.prompting import OBSERVATION_PREFIX, render_system_prompt, tool_schemas
@@ -107,6 +107,7 @@ class _Request:
     prompt: str
     n: int
     key: tuple  # requests batch together only when their decoding settings are equal
+    tools: list[dict[str, Any]] | None = None  # the call grammar's functions, when decoding is constrained
     done: threading.Event = field(default_factory=threading.Event)
     result: tuple[list[str], int, list[int]] | None = None
     error: BaseException | None = None
@@ -134,6 +135,9 @@ class LocalChatModel(BaseChatModel):
     batch_wait_s: float = Field(default=0.02, description="How long a batch leader waits for more callers, once "
                                 "calls have been seen to overlap.")
     prefix_cache_size: int = Field(default=8, description="Prompt KV caches kept for prefix reuse (0: off).")
+    constrain: str | None = Field(default=None, description="Grammar-constrained decoding backend "
+                                  "(`llguidance` or `xgrammar`): a reply given tools is always one schema-valid "
+                                  "call. None: unconstrained.")
     hf_model: Any = Field(default=None, exclude=True)
     tokenizer: Any = Field(default=None, exclude=True)
     # Shared by model_copy()s (a shallow copy): one model in memory, one queue, one lock.
@@ -142,6 +146,16 @@ class LocalChatModel(BaseChatModel):
     _pending_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _overlap: list = PrivateAttr(default_factory=lambda: [False])
     _prefix_caches: list = PrivateAttr(default_factory=list)  # [(token ids list, DynamicCache)], newest last
+    _constrainers: dict = PrivateAttr(default_factory=dict)  # backend -> Constrainer (compiled grammars cached)
+
+    @field_validator("constrain")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        from fcagent.constrained import BACKENDS
+
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"`constrain` must be one of {', '.join(BACKENDS)} (or unset), got {value!r}")
+        return value
 
     @property
     def _llm_type(self) -> str:
@@ -166,11 +180,22 @@ class LocalChatModel(BaseChatModel):
 
     # --- generation ----------------------------------------------------------------------------
 
+    def _constrainer(self) -> Any:
+        from fcagent.constrained import Constrainer
+
+        assert self.constrain is not None
+        if self.constrain not in self._constrainers:
+            self._constrainers[self.constrain] = Constrainer(self.tokenizer, self.constrain)
+        return self._constrainers[self.constrain]
+
     def _sample(self, prompt: str, *, n: int, temperature: float, max_new_tokens: int,
-                stop: list[str] | None) -> tuple[list[str], int, list[int]]:
+                stop: list[str] | None, tools: list[dict[str, Any]] | None = None) -> tuple[list[str], int, list[int]]:
         """`n` replies to `prompt`: (texts, prompt tokens, completion tokens per reply)."""
-        # Requests batch together only with equal settings and equal n (one prefill per prompt, repeated n times).
-        req = _Request(prompt=prompt, n=n, key=(temperature, max_new_tokens, tuple(stop or ()), n))
+        # Requests batch together only with equal settings and equal n (one prefill per prompt, repeated n
+        # times); with constrained decoding each row has its own grammar, so the tools may differ.
+        grammar = self.constrain if tools else None
+        req = _Request(prompt=prompt, n=n, key=(temperature, max_new_tokens, tuple(stop or ()), n, grammar),
+                       tools=tools if grammar else None)
         with self._pending_lock:
             self._pending.append(req)
         while not req.done.is_set():
@@ -190,7 +215,8 @@ class LocalChatModel(BaseChatModel):
                     self._overlap[0] = len(batch) > 1 or bool(self._pending)
                 try:
                     results = self._generate_rows([r.prompt for r in batch], [r.n for r in batch],
-                                                  temperature=temperature, max_new_tokens=max_new_tokens, stop=stop)
+                                                  temperature=temperature, max_new_tokens=max_new_tokens, stop=stop,
+                                                  tools=[r.tools for r in batch])
                     for r, res in zip(batch, results):
                         r.result = res
                 except BaseException as exc:  # noqa: BLE001 - every caller in the batch gets the error
@@ -205,7 +231,7 @@ class LocalChatModel(BaseChatModel):
         return req.result
 
     def _generate_rows(self, prompts: list[str], ns: list[int], *, temperature: float, max_new_tokens: int,
-                       stop: list[str] | None) -> list[tuple[list[str], int, list[int]]]:
+                       stop: list[str] | None, tools: list[Any] | None = None) -> list[tuple[list[str], int, list[int]]]:
         import torch
 
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -229,6 +255,21 @@ class LocalChatModel(BaseChatModel):
         width = ids.shape[1]
         if self.stop_at_call_end:
             gen["stopping_criteria"] = [_call_end_criteria(self.tokenizer, width, self.response_prefix)]
+        if self.constrain and tools and any(tools):
+            constrainer = self._constrainer()
+            rows = [constrainer.row(t, self.response_prefix) for t, n in zip(tools, ns) for _ in range(n)]
+            gen["logits_processor"] = [constrainer.processor(rows, width)]
+            if temperature > 0:
+                # generate() runs custom processors after its own warpers; a top-k cut made before the
+                # grammar's mask can leave no allowed token. So the mask goes first and the same warpers
+                # (temperature, the model's top-k, top-p) follow it here.
+                from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+                top_k = getattr(self.hf_model.generation_config, "top_k", None)
+                gen["logits_processor"] += [TemperatureLogitsWarper(temperature),
+                                            *([TopKLogitsWarper(top_k)] if top_k else []),
+                                            *([TopPLogitsWarper(self.top_p)] if self.top_p < 1 else [])]
+                gen |= {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
         with torch.inference_mode():
             if self.seed is not None:
                 torch.manual_seed(self.seed)
@@ -328,8 +369,11 @@ class LocalChatModel(BaseChatModel):
             temperature = 0.7  # identical greedy copies teach nothing; n>1 means sampling
         started = time.perf_counter()
         stops = [*(stop or []), *self.stop_sequences] or None
+        # The text protocol puts the schemas in the prompt and, for the recorder, in the run's metadata:
+        # that is where a constrained reply finds its grammar's functions when none are bound.
+        grammar_tools = tools or (getattr(run_manager, "metadata", None) or {}).get("fcagent_tools")
         texts, prompt_tokens, counts = self._sample(self.render(messages, tools), n=n, temperature=temperature,
-                                                    max_new_tokens=max_new, stop=stops)
+                                                    max_new_tokens=max_new, stop=stops, tools=grammar_tools)
         elapsed = time.perf_counter() - started
         generations = []
         for text, count in zip(texts, counts):

