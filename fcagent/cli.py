@@ -305,6 +305,7 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             train_problems: Annotated[Optional[int], typer.Option(help="Override the preset's teacher problem count.")] = None,
             replay_contexts: Annotated[Optional[int], typer.Option(help="Override the preset's replayed teacher contexts.")] = None,
             replay_student: Annotated[Optional[str], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
+            constrain: Annotated[Optional[str], typer.Option(help="Also evaluate every student with grammar-constrained decoding: llguidance or xgrammar.")] = None,
             data_dir: DataOpt = None) -> None:
     """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
     from fcagent.distill import PRESETS
@@ -316,7 +317,8 @@ def distill(task: TaskOpt = "bfcl:simple_python",
     if preset not in PRESETS:
         raise UserError(f"`--preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
     overrides = {k: v for k, v in {"test_problems": test_problems, "train_problems": train_problems,
-                                   "replay_contexts": replay_contexts, "replay_student": replay_student}.items() if v is not None}
+                                   "replay_contexts": replay_contexts, "replay_student": replay_student,
+                                   "constrain": constrain}.items() if v is not None}
     chosen: Any = preset
     if overrides:
         from pydantic import ValidationError

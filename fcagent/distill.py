@@ -46,6 +46,9 @@ class DistillPreset(BaseModel):
         "sft", description="Who samples the rejected side: `sft` replays the teacher's contexts with the trained "
         "SFT student (its failures are on-policy for sft-dpo/sft-rpo, which start from it), `base` with the "
         "untrained one (measured on BFCL: trivially separable negatives, DPO after SFT lost to SFT).")
+    constrain: Literal["llguidance", "xgrammar"] | None = Field(
+        None, description="Also evaluate every student with grammar-constrained decoding (`NAME+BACKEND`): "
+        "each reply one schema-valid call. The same weights with and without the grammar, on the same problems.")
     response_prefix: str = Field('{"name": "', description="Decoding constraint for the local student: the reply "
                                  "starts as a JSON call (not for BFCL irrelevance, where no call is right).")
 
@@ -203,6 +206,9 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
 
     # 5. Everyone on the same held-out problems, through the same graph.
     models = {"base": student, **{m: str(p) for m, p in runs.items()}}
+    if settings.constrain:
+        models |= {f"{name}+{settings.constrain}": f"{spec}?constrain={settings.constrain}"
+                   for name, spec in list(models.items())}
     teacher_is_reference = teacher == "reference"
     if not teacher_is_reference:
         models = {"teacher": teacher, **models}
@@ -213,7 +219,8 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                           model_kwargs=student_kwargs)
         return {"models": {k: v["accuracy"] for k, v in report["models"].items()}, "mcnemar": report["mcnemar"]}
 
-    timed("eval", eval_stage)
+    # A later run with --constrain on a finished folder evaluates only the new, constrained models.
+    timed("eval" if not settings.constrain else f"eval+{settings.constrain}", eval_stage)
     report = json.loads((out / "eval" / "results.json").read_text())
     notes = [f"Teacher: `{teacher}`" + (" — the task's gold chains replayed (it reads the gold answer, so it "
                                         "is the upper bound, 100% by construction, and is not evaluated)."

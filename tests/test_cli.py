@@ -73,7 +73,8 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
 def test_distill_rejects_bad_overrides_before_any_work(tmp_path):
     for args, expected in ((["--preset", "huge"], "`--preset` must be one of"),
                            (["--replay-student", "nobody"], "replay_student"),
-                           (["--test-problems", "many"], "Invalid value")):
+                           (["--test-problems", "many"], "Invalid value"),
+                           (["--constrain", "outlines"], "constrain")):
         proc = subprocess.run([sys.executable, "-m", "fcagent", "distill", "--task", "math", "--out",
                                str(tmp_path / "run"), *args], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "COLUMNS": "200"})  # rich wraps error boxes to the width

@@ -76,3 +76,12 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     assert "dpo-r2" in report["models"]
     for stage in ("replay-r2", "export-r2", "train-dpo-r2"):
         assert (tmp_path / f"{stage}.done.json").exists(), stage
+    # --constrain on the finished folder: only the constrained twins are evaluated, beside the rest
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "eval" / "results").glob("*.jsonl")}
+    logs.clear()
+    report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, rounds=2, log=logs.append,
+                     preset=preset.model_copy(update={"constrain": "llguidance"}))
+    assert {"base+llguidance", "sft+llguidance", "dpo+llguidance", "dpo-r2+llguidance"} <= set(report["models"])
+    assert report["models"]["sft+llguidance"]["spec"].endswith("runs/sft?constrain=llguidance")
+    assert all((tmp_path / "eval" / "results" / name).stat().st_mtime_ns == mtime for name, mtime in before.items())
+    assert (tmp_path / "eval+llguidance.done.json").exists()
