@@ -40,6 +40,10 @@ class DistillPreset(BaseModel):
     max_steps: int = -1
     learning_rate: float | None = None
     batch_size: int = 4
+    preference_device_batch: int | None = Field(
+        2, description="Pairs per forward pass for preference methods; the rest of `batch_size` is gradient "
+        "accumulation (same update). A pair is two sequences: on GSM8K's ~900-token rows 4 pairs per pass went "
+        "past 23 GB on the CPU and was killed (measured); 2 fit. None: all of `batch_size` at once.")
     sft_epochs: float = 3.0
     sft_max_steps: int = -1
     replay_student: Literal["sft", "base"] = Field(
@@ -152,9 +156,13 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     def train_stage(method: str, folder: str, run_dir: Path) -> dict[str, Any]:
         sft_like = method == "sft"
         warm = out / "runs" / "sft"
+        batch, accum = settings.batch_size, 1
+        per_pass = settings.preference_device_batch
+        if not sft_like and per_pass and batch > per_pass:
+            batch, accum = per_pass, -(-settings.batch_size // per_pass)
         cfg = TrainSettings(method=method, epochs=settings.sft_epochs if sft_like else settings.epochs,
                             max_steps=settings.sft_max_steps if sft_like else settings.max_steps,
-                            learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+                            learning_rate=settings.learning_rate, batch_size=batch, grad_accum=accum,
                             sft_epochs=settings.sft_epochs,
                             warm_start=str(warm) if method in WARM_STARTED and (warm / "fcagent_run.json").exists() else None)
         return train(out / folder, student, run_dir, settings=cfg).model_dump(mode="json")
