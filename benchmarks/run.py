@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="Also time `distill --preset quick` stage by stage.")
     parser.add_argument("--resume", action="store_true", help="Keep results already in results.json; run the rest.")
     args = parser.parse_args()
-    from benchmarks import dpo_throughput, export_scale, generation, stages, store_writers, student_cost, tracing
+    from benchmarks import (constrained, dpo_throughput, export_scale, generation, stages, store_writers, student_cost,
+                            tracing)
 
     path = HERE / "results.json"
     results: dict = json.loads(path.read_text()) if args.resume and path.exists() else {}
@@ -37,6 +38,7 @@ def main() -> None:
         "generation": lambda: generation.run(prompts=3 if args.quick else 6, k=4, max_new=48),
         "student_cost": lambda: student_cost.run(problems=4 if args.quick else 10),
         "dpo_throughput": lambda: dpo_throughput.run(None, steps=2 if args.quick else 6),
+        "constrained": lambda: constrained.run(problems=5 if args.quick else 20),
     }
     if args.stages:
         plan["stages"] = stages.run
@@ -85,6 +87,17 @@ def main() -> None:
                  f"{c['teacher']['prompt_tokens_per_problem']}+{c['teacher']['completion_tokens_per_problem']}"
                  f"{'' if c['teacher_wall_is_a_model'] else ' (a replay: no model time)'} | "
                  f"{c['student_over_teacher_tokens']:.2f}x tokens |")
+    if "constrained" in results:
+        cd = results["constrained"]
+        for b, m in cd["backends"].items():
+            lines.append(f"| constrained decoding, {b}: grammar build per BFCL function set / mask per token "
+                         f"(median, p99) | {m['grammar_build_ms_median']} ms / {m['mask_us_per_token_median']} µs, "
+                         f"{m['mask_us_per_token_p99']} µs | – | – |")
+            d = cd["decode"][b]
+            lines.append(f"| constrained decoding, {b}: greedy decode on {cd['problems']} BFCL problems, "
+                         f"replies with a known call | {d['tokens_per_second']} tok/s, {d['replies_with_a_known_call']} | "
+                         f"unconstrained {cd['decode']['none']['tokens_per_second']} tok/s, "
+                         f"{cd['decode']['none']['replies_with_a_known_call']} | {cd['decode_speed_vs_unconstrained'][b]:.2f}x |")
     if "stages" in results:
         st = results["stages"]
         lines.append(f"| `distill --preset quick` end to end | {st['total_seconds'] / 60:.1f} min "

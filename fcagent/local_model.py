@@ -397,6 +397,11 @@ class LocalChatModel(BaseChatModel):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         gen = {"max_new_tokens": int(kwargs.get("max_new_tokens", self.max_new_tokens)), "streamer": streamer,
                "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
+        grammar_tools = tools or (getattr(run_manager, "metadata", None) or {}).get("fcagent_tools")
+        if self.constrain and grammar_tools:
+            constrainer = self._constrainer()
+            gen["logits_processor"] = [constrainer.processor([constrainer.row(grammar_tools, self.response_prefix)],
+                                                             enc["input_ids"].shape[1])]
         worker = threading.Thread(target=self.hf_model.generate, kwargs={**enc, **gen}, daemon=True)
         with self._lock:
             worker.start()

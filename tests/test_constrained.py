@@ -84,6 +84,12 @@ def test_constrained_replies_are_schema_valid_calls(tiny_model_dir, backend):
         _assert_valid_call(g.message.content, [LIGHT, FAN])
 
 
+def test_streamed_replies_are_constrained_too(tiny_model_dir):
+    model = load_chat_model(str(tiny_model_dir), max_new_tokens=64, constrain="llguidance", response_prefix='{"name": "')
+    text = "".join(chunk.content for chunk in model.bind_tools([LIGHT]).stream([HumanMessage("hall light")]))
+    _assert_valid_call(text, [LIGHT])
+
+
 def test_replies_cut_at_the_token_limit_are_still_the_start_of_a_valid_call(tiny_model_dir, smol_dir):
     """Free strings and numbers let a random model run on; whatever it wrote stays inside the grammar."""
     from transformers import AutoTokenizer

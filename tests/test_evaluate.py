@@ -47,7 +47,7 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     from fcagent.distill import DistillPreset, distill
 
     preset = DistillPreset(train_problems=4, test_problems=2, samples=2, replay_contexts=3, methods=["sft", "dpo"],
-                           max_steps=1, sft_max_steps=1, batch_size=2)
+                           max_steps=1, sft_max_steps=1, batch_size=2, preference_device_batch=1)
     logs: list[str] = []
     report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
     assert set(report["models"]) == {"base", "sft", "dpo"} and report["n_problems"] == 2
@@ -61,6 +61,10 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     replayers = {ep.model for ep in TraceStore(tmp_path / "traces.db").episodes()
                  if ep.metadata.get("fcagent_role") == "student-replay"}
     assert replayers == {str(tmp_path / "runs" / "sft")}
+    # preference training: 1 pair per pass, accumulated to the preset's batch of 2; SFT takes all 2 at once
+    recorded = {m: json.loads((tmp_path / "runs" / m / "fcagent_run.json").read_text())["settings"] for m in ("sft", "dpo")}
+    assert (recorded["dpo"]["batch_size"], recorded["dpo"]["grad_accum"]) == (1, 2)
+    assert (recorded["sft"]["batch_size"], recorded["sft"]["grad_accum"]) == (2, 1)
     assert (tmp_path / "report.md").exists() and "reference" in (tmp_path / "report.md").read_text()
     logs.clear()
     distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
