@@ -101,6 +101,7 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
         raise UserError(f"`preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
     settings = PRESETS[preset] if isinstance(preset, str) else preset
     methods = methods or settings.methods
+    settings = settings.model_copy(update={"methods": list(methods)})  # the report names what actually trained
     unknown = set(methods) - {"sft", "dpo", "rpo", "sft-dpo", "sft-rpo"}
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from sft, dpo, rpo, sft-dpo, sft-rpo")
