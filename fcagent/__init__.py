@@ -1,6 +1,7 @@
 """fcagent: turn a function-calling agent's own traces into a cheaper model."""
 
 from fcagent.calls import Call, CallParseError, format_calls, parse_calls
+from fcagent.constrained import Constrainer, call_schema
 from fcagent.errors import RunFailure, UserError
 from fcagent.graph import AgentState, build_agent_graph
 from fcagent.distill import distill
@@ -21,6 +22,7 @@ __all__ = [
     "AgentState",
     "Call",
     "CallParseError",
+    "Constrainer",
     "Problem",
     "Redactor",
     "ReferenceTeacher",
@@ -35,6 +37,7 @@ __all__ = [
     "StudentMiddleware",
     "TrainSettings",
     "build_agent_graph",
+    "call_schema",
     "distill",
     "evaluate",
     "export_preference_pairs",

@@ -172,7 +172,9 @@ def load_chat_model(spec: str, **kwargs: Any) -> BaseChatModel:
     if "?" in spec:
         base, options = split_spec(spec)
         model = load_chat_model(base, **{**kwargs, **options})
-        if hasattr(model, "model_name"):
+        from fcagent.local_model import LocalChatModel
+
+        if isinstance(model, LocalChatModel):  # (a provider's model_name is its API model id: left alone)
             model.model_name = spec  # reports and traces name the variant, not just the weights
         return model
     if spec.startswith("bundled:"):
