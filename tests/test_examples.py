@@ -1,0 +1,17 @@
+"""The scripts in examples/ are what users copy: the quickstart must keep running end to end."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_records_both_models_and_exports_pairs(tmp_path, data_dir, smol_dir):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("teacher") and " True " in line for line in lines) == 6  # gold chains replayed
+    assert sum(line.startswith("student") for line in lines) == 6
+    assert (tmp_path / "sft" / "sft.jsonl").stat().st_size > 0
+    assert "SFT rows: 6" in proc.stdout
