@@ -49,6 +49,12 @@ class _Row:
 
     def __init__(self, backend: str, matcher: Any) -> None:
         self.backend, self.matcher, self.dead = backend, matcher, False
+        if backend == "llguidance":  # resolved once, not per token
+            import llguidance.torch
+
+            self._fill = lambda bitmask, index: llguidance.torch.fill_next_token_bitmask(matcher, bitmask, index)
+        else:
+            self._fill = matcher.fill_next_token_bitmask
 
     def accept(self, token: int) -> None:
         if self.dead:
@@ -68,12 +74,7 @@ class _Row:
         """Write this row's allowed tokens into `bitmask[index]`; False when the row is unconstrained."""
         if self.dead:
             return False
-        if self.backend == "llguidance":
-            import llguidance.torch
-
-            llguidance.torch.fill_next_token_bitmask(self.matcher, bitmask, index)
-        else:
-            self.matcher.fill_next_token_bitmask(bitmask, index)
+        self._fill(bitmask, index)
         return True
 
 

@@ -369,11 +369,9 @@ class LocalChatModel(BaseChatModel):
             temperature = 0.7  # identical greedy copies teach nothing; n>1 means sampling
         started = time.perf_counter()
         stops = [*(stop or []), *self.stop_sequences] or None
-        # The text protocol puts the schemas in the prompt and, for the recorder, in the run's metadata:
-        # that is where a constrained reply finds its grammar's functions when none are bound.
-        grammar_tools = tools or (getattr(run_manager, "metadata", None) or {}).get("fcagent_tools")
         texts, prompt_tokens, counts = self._sample(self.render(messages, tools), n=n, temperature=temperature,
-                                                    max_new_tokens=max_new, stop=stops, tools=grammar_tools)
+                                                    max_new_tokens=max_new, stop=stops,
+                                                    tools=_grammar_tools(tools, run_manager))
         elapsed = time.perf_counter() - started
         generations = []
         for text, count in zip(texts, counts):
@@ -397,7 +395,7 @@ class LocalChatModel(BaseChatModel):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         gen = {"max_new_tokens": int(kwargs.get("max_new_tokens", self.max_new_tokens)), "streamer": streamer,
                "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
-        grammar_tools = tools or (getattr(run_manager, "metadata", None) or {}).get("fcagent_tools")
+        grammar_tools = _grammar_tools(tools, run_manager)
         if self.constrain and grammar_tools:
             constrainer = self._constrainer()
             gen["logits_processor"] = [constrainer.processor([constrainer.row(grammar_tools, self.response_prefix)],
@@ -414,6 +412,12 @@ class LocalChatModel(BaseChatModel):
                         run_manager.on_llm_new_token(piece, chunk=chunk)
                     yield chunk
             worker.join()
+
+
+def _grammar_tools(tools: list[dict[str, Any]] | None, run_manager: Any) -> list[dict[str, Any]] | None:
+    """The functions a constrained reply may call: the bound tools, or in the text protocol (schemas in
+    the prompt, none bound) the ones the graph put in the run's metadata for the recorder."""
+    return tools or (getattr(run_manager, "metadata", None) or {}).get("fcagent_tools")
 
 
 def _call_end_criteria(tokenizer: Any, prompt_len: int, prefix: str) -> Any:
