@@ -1,14 +1,20 @@
 """Canonical function-call records and the text-protocol parser.
 
 Both protocols end in the same `Call` records: the native protocol reads `AIMessage.tool_calls`,
-the text protocol parses what the model wrote. Two text syntaxes are accepted:
+the text protocol parses what the model wrote. A reply *is* a call or it is not one: the whole
+reply (surrounding whitespace aside, optionally inside one ```` ``` ```` fence or one
+``<tool_call>`` tag) must be one of
 
-* JSON: ``{"name": "add", "arguments": {"a": 1, "b": 2}}`` or a list of such objects;
+* JSON: ``{"name": "add", "arguments": {"a": 1, "b": 2}}`` or a list of such objects; the arguments
+  key is ``arguments``, with ``args`` as its one alias, and the OpenAI shape
+  ``{"function": {"name": ..., "arguments": ...}}`` is read too;
 * Python-call syntax: ``add(a=1, b=2)`` (several calls separated by newlines or ``;``, or a
   ``[f(x=1), g(y=2)]`` list).
 
-Neither is ever evaluated: JSON goes through `json`, Python syntax through `ast.parse` and a walk
-over literal nodes only, so model output cannot run code.
+A call is never fished out of prose ("I would call add(a=1, b=2)" is an answer in words), and other
+keys (a copied schema's ``parameters``) are not arguments. Neither syntax is ever evaluated: JSON
+goes through `json`, Python syntax through `ast.parse` and a walk over literal nodes only, so model
+output cannot run code.
 """
 
 from __future__ import annotations
@@ -21,12 +27,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Call", "CallParseError", "parse_calls", "format_calls", "schema_error", "calls_error", "MAX_CALL_TEXT_CHARS"]
+from fcagent.records import StepError
+
+__all__ = ["Call", "CallParseError", "parse_calls", "looks_like_call", "format_calls", "schema_error", "calls_error",
+           "MAX_CALL_TEXT_CHARS", "ARGUMENT_KEYS"]
 
 # Model output longer than this is refused before parsing: a 135M model that loops can emit
 # megabytes, and nested structures that deep are never a real call.
 MAX_CALL_TEXT_CHARS = 20_000
 MAX_NESTING = 20
+ARGUMENT_KEYS = ("arguments", "args")  # the documented keys of a JSON call's arguments
 
 
 class Call(BaseModel):
@@ -45,37 +55,44 @@ class CallParseError(ValueError):
     """The model's text holds no call fcagent can read; the message is shown to the model."""
 
 
-_FENCE = re.compile(r"```(?:json|python|tool_call)?\s*(.*?)```", re.DOTALL)
-_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_WRAPPED = re.compile(r"\A\s*(?:```(?:json|python|tool_call)?\s*(?P<fence>.*?)\s*```|"
+                      r"<tool_call>\s*(?P<tag>.*?)\s*(?:</tool_call>)?)\s*\Z", re.DOTALL)
+_IDENT_CALL = re.compile(r"[A-Za-z_][\w.]*\s*\(")
+
+
+def _unwrap(text: str) -> str:
+    match = _WRAPPED.match(text)
+    if match:
+        return (match.group("fence") if match.group("fence") is not None else match.group("tag") or "").strip()
+    return text.strip()
+
+
+def looks_like_call(text: str) -> bool:
+    """Whether a reply sets out to be a call (starts like JSON or `name(`), readable or not."""
+    body = _unwrap(text) if isinstance(text, str) else ""
+    return bool(body) and (body[0] in "{[" or bool(_IDENT_CALL.match(body)))
 
 
 def parse_calls(text: str) -> list[Call]:
-    """Read the call(s) in a model's text reply; raises `CallParseError` when there are none."""
+    """Read the call(s) a model's text reply consists of; raises `CallParseError` when it is not one."""
     if not isinstance(text, str):
         raise CallParseError(f"expected text, got {type(text).__name__}")
     if len(text) > MAX_CALL_TEXT_CHARS:
         raise CallParseError(f"reply is {len(text)} characters, over the {MAX_CALL_TEXT_CHARS} limit")
-    candidates: list[str] = []
-    for pattern in (_TAG, _FENCE):
-        candidates += [m.group(1).strip() for m in pattern.finditer(text)]
-    candidates.append(text.strip())
-    errors: list[str] = []
-    for candidate in candidates:
-        if not candidate:
-            continue
-        for parser in (_parse_json_calls, _parse_python_calls):
-            try:
-                calls = parser(candidate)
-            except CallParseError as exc:
-                errors.append(str(exc))
-                continue
-            if calls:
-                return calls
-    # Report the parser the text looked meant for: JSON when it has a brace, else Python syntax.
-    looks_json = "{" in text
-    preferred = [e for e in errors if ("JSON" in e or "object" in e) == looks_json]
-    detail = (preferred or errors or ["empty reply"])[0]
-    raise CallParseError(f"no function call found ({detail})")
+    body = _unwrap(text)
+    if not body:
+        raise CallParseError("no function call found (empty reply)")
+    if body[0] == "[" and _IDENT_CALL.match(body[1:].lstrip()):
+        calls = _parse_python_calls(body)  # [f(x=1), g(y=2)]
+    elif body[0] in "{[":
+        calls = _parse_json_calls(body)
+    elif _IDENT_CALL.match(body):
+        calls = _parse_python_calls(body)
+    else:
+        raise CallParseError("no function call found (the reply must be only the call, as JSON)")
+    if not calls:
+        raise CallParseError("no function call found (an empty list)")
+    return calls
 
 
 def _check_depth(value: Any, depth: int = 0) -> None:
@@ -97,7 +114,11 @@ def _call_from_obj(obj: Any) -> Call:
         obj, name = name, name.get("name")
     if not isinstance(name, str) or not name:
         raise CallParseError("the call has no `name` string")
-    args = obj.get("arguments", obj.get("args", obj.get("parameters", {})))
+    present = [k for k in ARGUMENT_KEYS if k in obj]
+    args = obj[present[0]] if present else {}
+    unknown = sorted(set(obj) - {"name", "function", "type", "id", *ARGUMENT_KEYS})
+    if unknown:
+        raise CallParseError(f"a call has only `name` and `arguments`; got {', '.join(f'`{k}`' for k in unknown)}")
     if isinstance(args, str):
         try:
             args = json.loads(args)
@@ -111,29 +132,18 @@ def _call_from_obj(obj: Any) -> Call:
     return Call(name=name, args=args)
 
 
-def _first_json_value(text: str) -> Any:
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
-    if start < 0:
-        raise CallParseError("no JSON object in the reply")
+def _parse_json_calls(text: str) -> list[Call]:
     try:
-        value, _ = json.JSONDecoder().raw_decode(text[start:])
+        value, end = json.JSONDecoder().raw_decode(text)
     except json.JSONDecodeError as exc:
         raise CallParseError(f"invalid JSON: {exc.msg} at character {exc.pos}") from None
     except RecursionError:
         raise CallParseError("JSON nested too deeply") from None
-    return value
-
-
-def _parse_json_calls(text: str) -> list[Call]:
-    value = _first_json_value(text)
+    if text[end:].strip():
+        raise CallParseError(f"text after the call (from character {end}); reply with only the call")
     if isinstance(value, list):
-        if not value:
-            return []
         return [_call_from_obj(v) for v in value]
     return [_call_from_obj(value)]
-
-
-_IDENT_CALL = re.compile(r"[A-Za-z_][\w.]*\s*\(")
 
 
 def _literal(node: ast.AST, depth: int = 0) -> Any:
@@ -167,20 +177,10 @@ def _dotted_name(node: ast.AST) -> str:
 
 
 def _parse_python_calls(text: str) -> list[Call]:
-    match = _IDENT_CALL.search(text)
-    if not match:
-        raise CallParseError("no `name(...)` call in the reply")
-    source = text[match.start():].strip()
-    tree = None
-    # The model often adds prose after the call; shrink to the longest prefix that parses.
-    for end in _candidate_ends(source):
-        try:
-            tree = ast.parse(source[:end], mode="exec")
-            break
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            continue
-    if tree is None:
-        raise CallParseError("Python-style call does not parse")
+    try:
+        tree = ast.parse(text, mode="exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise CallParseError("Python-style call does not parse (reply with only the call)") from None
     calls: list[Call] = []
     for stmt in tree.body:
         if not isinstance(stmt, ast.Expr):
@@ -198,19 +198,6 @@ def _parse_python_calls(text: str) -> list[Call]:
                 args[kw.arg] = _literal(kw.value)
             calls.append(Call(name=_dotted_name(node.func), args=args))
     return calls
-
-
-def _candidate_ends(source: str) -> list[int]:
-    ends = [len(source)]
-    depth = 0
-    for i, ch in enumerate(source):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth == 0:
-                ends.append(i + 1)
-    return sorted(set(ends), reverse=True)[:50]
 
 
 def format_calls(calls: list[Call]) -> str:
@@ -242,15 +229,16 @@ def schema_error(parameters: dict[str, Any], args: dict[str, Any]) -> str | None
     return None
 
 
-def calls_error(calls: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str | None:
+def calls_error(calls: list[dict[str, Any]], tools: list[dict[str, Any]]) -> StepError | None:
     """The first reason `calls` ({"name", "args"}) do not fit the offered tools (OpenAI-style
-    schemas): `unknown_function: NAME` or `invalid_arguments: WHY`; None when they all fit."""
+    schemas), as a typed `StepError` (`unknown_function` or `invalid_arguments`); None when they fit."""
     by_name = {t.get("function", t).get("name"): t.get("function", t) for t in tools}
     for call in calls:
         fn = by_name.get(call["name"])
         if fn is None:
-            return f"unknown_function: {call['name']}"
+            return StepError(kind="unknown_function", detail=f"{call['name']} is not one of "
+                             f"{', '.join(str(n) for n in by_name) or 'no functions'}", call=call["name"])
         why = schema_error(fn.get("parameters") or {}, call.get("args") or {})
         if why:
-            return f"invalid_arguments: {why}"
+            return StepError(kind="invalid_arguments", detail=why, call=call["name"])
     return None

@@ -1,14 +1,23 @@
 """The exporter: labelled traces become DPO preference pairs and SFT rows in TRL's formats.
 
-Every candidate completion is judged from its labels and its own structure:
+Every candidate completion is judged from its labels, its episode's verdict and its own structure,
+under one documented policy (`ExportSettings`):
 
-* **good** — parsed, schema-valid, executed without error (the graph's step label) in an episode the
-  verifier accepted; or a replayed student candidate labelled good;
-* **bad** — a parse error, an unknown function, schema-invalid arguments or a tool error (any label
-  with success = False on the candidate, or found by re-checking the candidate against the tools);
-* **diverged** — a valid step of a failed episode: bad only where a successful chain made a
-  *different* call from the identical context (the first divergence);
-* **unknown** — anything else (e.g. another valid call sampled beside the executed one).
+* **step labels win** — a label on the model call itself (a tool error, a schema error, the graph's
+  parse error, a user's or replay's verdict on that call) decides it;
+* **structure** — a parse error (text protocol only: there every reply must be a call), an unknown
+  function or schema-invalid arguments make a candidate bad whatever its episode's verdict;
+* **the episode's verdict flows down** — the newest label on the episode (the task verifier, a
+  user's thumbs up/down from `fcagent traces label`, LangSmith feedback) decides its calls: in an
+  episode labelled good every call without a step error is good (SFT rows, chosen sides); in an
+  episode labelled bad the *decisive* reply, its last one (the final answer), is bad, and every
+  earlier step is **diverged**: bad only where an episode labelled good made a *different* call from
+  the identical context (the first divergence);
+* **unlabelled episodes** are skipped (`unlabelled="skip"`, the default) or taken as good
+  (`unlabelled="good"`, for users who treat unflagged production runs as fine); `stats.*.json`
+  counts both;
+* **unknown** — anything else (e.g. another valid call sampled beside the executed one); and a reply
+  judged both good and bad (two users disagreeing on the same answer) is dropped from both sides.
 
 Candidates are grouped by their context (messages + tools, hashed after canonicalisation), so a pair
 always shares one prompt. Three pair sources, named by where the rejected side comes from:
@@ -46,11 +55,12 @@ from typing import Any, Literal
 from langchain_core.messages import SystemMessage
 from pydantic import BaseModel, Field
 
+from fcagent import keys
 from fcagent.calls import Call, CallParseError, calls_error, format_calls, parse_calls
 from fcagent.errors import UserError
 from fcagent.local_model import to_chat_dicts
 from fcagent.prompting import render_system_prompt
-from fcagent.records import to_langchain
+from fcagent.records import StepError, to_langchain
 from fcagent.redact import Redactor
 from fcagent.store import TraceStore, open_store, write_jsonl_atomic
 from fcagent.tasks.base import split_of
@@ -59,7 +69,7 @@ __all__ = ["candidate_identity", "structural_error", "PreferencePair", "SftRow",
            "export_sft", "validate_pair", "load_pairs", "STUDENT_ROLES"]
 
 PairSource = Literal["step", "trajectory", "teacher_student"]
-STUDENT_ROLES = ("student", "student-replay", "student-escalated")
+STUDENT_ROLES = keys.STUDENT_ROLES
 
 
 class ExportError(UserError):
@@ -78,6 +88,7 @@ class PreferencePair(BaseModel):
     problem_id: str | None = None
     context_hash: str
     rejected_reason: str = ""
+    rejected_kind: str | None = None  # a StepError kind, or None for a wrong answer / a divergence
 
 
 class SftRow(BaseModel):
@@ -93,6 +104,9 @@ class ExportSettings(BaseModel):
     teacher_student: bool = Field(True, description="Include teacher-vs-student pairs.")
     task: str | None = Field(None, description="Only this task family.")
     exclude_splits: tuple[str, ...] = Field(("test",), description="Splits whose problems never appear in exports.")
+    unlabelled: Literal["skip", "good"] = Field(
+        "skip", description="Episodes nobody labelled: `skip` their calls, or take them as `good` (for production "
+        "traffic where only bad runs get flagged).")
     max_pairs_per_context: int = Field(4, ge=1)
     max_pairs_per_problem: int = Field(16, ge=1)
     seed: int = 0
@@ -132,9 +146,8 @@ def validate_pair(row: dict[str, Any], where: str = "row") -> None:
 
 
 def _response(candidate: dict[str, Any]) -> str:
+    """A reply as the student writes it: its calls as JSON (the text protocol's form), else its text."""
     msg = candidate["message"]
-    if msg.get("content", "").strip():
-        return msg["content"]
     if msg.get("tool_calls"):
         return format_calls([Call(name=c["name"], args=c.get("args", {})) for c in msg["tool_calls"]])
     return msg.get("content", "")
@@ -148,58 +161,74 @@ def candidate_identity(candidate: dict[str, Any]) -> str:
     return _response(candidate).strip()
 
 
-def structural_error(candidate: dict[str, Any], tools: list[dict[str, Any]], protocol: str | None) -> str | None:
-    if candidate.get("parse_error"):
-        return f"parse_error: {candidate['parse_error']}"
+def structural_error(candidate: dict[str, Any], tools: list[dict[str, Any]], protocol: str | None) -> StepError | None:
+    """Why a candidate is not a usable reply on its own terms (unreadable, unknown function, invalid
+    arguments), whatever its episode's verdict; None when nothing is wrong with its form."""
+    if candidate.get("error"):
+        return StepError.model_validate(candidate["error"])
+    if candidate.get("parse_error"):  # a store written before typed errors
+        return StepError(kind="parse_error", detail=candidate["parse_error"])
     calls = candidate.get("calls")
     if calls is None and protocol == "text":
         try:
             calls = [{"name": c.name, "args": c.args} for c in parse_calls(_response(candidate))]
         except CallParseError as exc:
-            return f"parse_error: {exc}"
+            return StepError(kind="parse_error", detail=str(exc))
     if not calls or not tools:
         return None
     return calls_error(calls, tools)
 
 
-def _judge(row: dict[str, Any]) -> list[tuple[str, str]]:
-    """(verdict, reason) per candidate: good | bad | diverged | unknown."""
+class Judgement(BaseModel):
+    verdict: Literal["good", "bad", "diverged", "unknown"]
+    reason: str = ""
+    kind: str | None = None  # the StepError kind of a bad step
+
+
+def _judge(row: dict[str, Any], settings: ExportSettings) -> list[Judgement]:
+    """A judgement per candidate of one model call, under the policy in the module docs."""
     labels = json.loads(row["labels"]) if row["labels"] else []
     candidates = json.loads(row["candidates"])
     tools = json.loads(row["tools"])
     ep_ok = row["ep_success"]
-    role = row["role"]
-    out: list[tuple[str, str]] = []
+    if ep_ok is None and settings.unlabelled == "good":
+        ep_ok = 1
+    out: list[Judgement] = []
     for i, cand in enumerate(candidates):
         mine = [lb for lb in labels if lb["candidate"] == i or (lb["candidate"] is None and i == 0)]
         explicit = mine[-1] if mine else None
         if explicit is not None and not explicit["success"]:
-            out.append(("bad", explicit["reason"]))
+            out.append(Judgement(verdict="bad", reason=explicit["reason"], kind=explicit.get("kind")))
             continue
         structural = structural_error(cand, tools, row["protocol"])
-        if structural:
-            out.append(("bad", structural))
+        if structural is not None:
+            out.append(Judgement(verdict="bad", reason=str(structural), kind=structural.kind))
             continue
         if explicit is None and i > 0 and out and candidate_identity(cand) == candidate_identity(candidates[0]):
             out.append(out[0])  # the same call as the executed candidate has its outcome
             continue
-        if explicit is not None and (role in STUDENT_ROLES or ep_ok is None):
-            out.append(("good", explicit["reason"]) if explicit["source"] != "graph" or ep_ok else ("unknown", ""))
-        elif explicit is not None and ep_ok:
-            out.append(("good", "step of an accepted episode"))
-        elif explicit is not None and ep_ok is not None and not ep_ok:
-            out.append(("diverged", "step of a failed episode"))
+        if explicit is not None and explicit["source"] != "graph":  # a verdict on this very call
+            out.append(Judgement(verdict="good", reason=explicit["reason"]))
+        elif i > 0 and explicit is None:
+            out.append(Judgement(verdict="unknown"))
+        elif ep_ok:
+            out.append(Judgement(verdict="good", reason="step of an episode labelled good"))
+        elif ep_ok is not None and row["is_last"]:
+            out.append(Judgement(verdict="bad", reason="final reply of an episode labelled bad"))
+        elif ep_ok is not None:
+            out.append(Judgement(verdict="diverged", reason="step of an episode labelled bad"))
         else:
-            out.append(("unknown", ""))
+            out.append(Judgement(verdict="unknown"))
     return out
 
 
 _GROUP_SQL = """
 SELECT c.id, c.episode_id, c.context_hash, c.protocol, c.messages, c.tools, c.candidates,
-       e.task, e.problem_id, e.split, json_extract(e.metadata, '$.fcagent_role') AS role,
+       e.task, e.problem_id, e.split, json_extract(e.metadata, '$.{role_key}') AS role,
+       c.seq = (SELECT MAX(c2.seq) FROM completions c2 WHERE c2.episode_id = c.episode_id) AS is_last,
        (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS ep_success,
        (SELECT json_group_array(json_object('candidate', l.candidate, 'success', l.success, 'reason', l.reason,
-                                            'source', l.source))
+                                            'source', l.source, 'kind', l.kind))
           FROM (SELECT * FROM labels WHERE target_id = c.id ORDER BY id) l) AS labels
 FROM completions c JOIN episodes e ON e.id = c.episode_id
 WHERE e.status = 'complete' {task_filter}
@@ -216,7 +245,7 @@ def _groups(store: TraceStore, settings: ExportSettings, dropped: Counter) -> It
     if settings.task:
         task_filter, params = "AND e.task = ?", (settings.task,)
     try:
-        cur = conn.execute(_GROUP_SQL.format(task_filter=task_filter), params)
+        cur = conn.execute(_GROUP_SQL.format(task_filter=task_filter, role_key=keys.ROLE), params)
         group: list[dict[str, Any]] = []
         while rows := cur.fetchmany(500):
             for r in rows:
@@ -243,35 +272,46 @@ def _student_view(row: dict[str, Any]) -> list[dict[str, Any]]:
     return to_chat_dicts(messages)
 
 
+class _Bad(BaseModel):
+    source: PairSource
+    judgement: Judgement
+    text: str
+    row: dict[str, Any]
+
+
 def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reasons: Counter,
                      dropped: Counter) -> tuple[list[PreferencePair], list[SftRow]]:
     good: dict[str, tuple[str, dict]] = {}
-    bad: dict[str, tuple[PairSource, str, str, dict]] = {}
-    diverged: list[tuple[str, str, dict]] = []
+    bad: dict[str, _Bad] = {}
+    diverged: list[tuple[str, str, Judgement, dict]] = []
     for row in group:
         candidates = json.loads(row["candidates"])
         student = row["role"] in STUDENT_ROLES
-        for cand, (verdict, reason) in zip(candidates, _judge(row)):
+        for cand, judged in zip(candidates, _judge(row, settings)):
             key = candidate_identity(cand)
-            if verdict == "good":
+            if judged.verdict == "good":
                 good.setdefault(key, (_response(cand), row))
-            elif verdict == "bad":
-                source: PairSource = "teacher_student" if student else "step"
-                bad.setdefault(key, (source, reason, _response(cand), row))
-            elif verdict == "diverged":
-                diverged.append((key, _response(cand), row))
-            elif verdict == "unknown":
+            elif judged.verdict == "bad":
+                bad.setdefault(key, _Bad(source="teacher_student" if student else "step", judgement=judged,
+                                         text=_response(cand), row=row))
+            elif judged.verdict == "diverged":
+                diverged.append((key, _response(cand), judged, row))
+            else:
                 dropped["candidate without a usable label"] += 1
+    for key in set(good) & set(bad):  # two verdicts on the same reply (e.g. two users disagreeing)
+        del good[key], bad[key]
+        dropped["reply judged both good and bad"] += 1
     # Where a good answer makes no call (BFCL irrelevance: "none of the functions applies"), a
     # reply in words is not a parse failure; only calls are wrong there.
     if any(not k.startswith("[[") for k in good):
-        for key in [k for k, v in bad.items() if v[1].startswith("parse_error")]:
+        for key in [k for k, v in bad.items() if v.judgement.kind in ("parse_error", "no_call")]:
             del bad[key]
             dropped["reply in words where words are right"] += 1
-    for key, text, row in diverged:
+    for key, text, judged, row in diverged:
         if key not in good and key not in bad and good:  # differs from a successful chain's step here
-            source = "teacher_student" if row["role"] in STUDENT_ROLES else "trajectory"
-            bad[key] = (source, "diverges from a successful chain", text, row)
+            source: PairSource = "teacher_student" if row["role"] in STUDENT_ROLES else "trajectory"
+            bad[key] = _Bad(source=source, text=text, row=row,
+                            judgement=Judgement(verdict="bad", reason="diverges from a successful chain"))
     base = group[0]
     tools_json = base["tools"]
     sft = []
@@ -284,12 +324,12 @@ def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reas
     pairs: list[PreferencePair] = []
     wanted = {"step": settings.level in ("step", "both"), "trajectory": settings.level in ("trajectory", "both"),
               "teacher_student": settings.teacher_student}
-    for source, reason, rejected_text, row in bad.values():
+    for item in bad.values():
         if not good:
             dropped["bad candidate with no good one in its context"] += 1
             continue
-        if not wanted[source]:
-            dropped[f"{source} pairs not requested"] += 1
+        if not wanted[item.source]:
+            dropped[f"{item.source} pairs not requested"] += 1
             continue
         for chosen_text, good_row in good.values():
             if len(pairs) >= settings.max_pairs_per_context:
@@ -297,10 +337,10 @@ def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reas
                 break
             pairs.append(PreferencePair(
                 prompt=prompt, chosen=[{"role": "assistant", "content": chosen_text}],
-                rejected=[{"role": "assistant", "content": rejected_text}], tools=tools_json, source=source,
+                rejected=[{"role": "assistant", "content": item.text}], tools=tools_json, source=item.source,
                 task=good_row["task"], problem_id=good_row["problem_id"], context_hash=base["context_hash"],
-                rejected_reason=reason))
-            reasons[reason.split(":")[0]] += 1
+                rejected_reason=item.judgement.reason, rejected_kind=item.judgement.kind))
+            reasons[item.judgement.kind or item.judgement.reason] += 1
     return pairs, sft
 
 
@@ -322,12 +362,29 @@ def _shuffled(spool: Path, seed: int) -> Iterator[dict[str, Any]]:
             yield json.loads(f.readline())
 
 
+_LABEL_HOWTO = ("label episodes with `fcagent traces label ID --good/--bad` (an id prefix is enough; "
+                "`--file feedback.jsonl` for many), `store.label(id, success, reason)`, LangSmith feedback "
+                "(`traces import-langsmith`) or `StudentMiddleware` escalations")
+
+
 def _unlabelled_message(store: TraceStore) -> str:
     stats = store.stats()
     return (f"{store.path} has {stats['episodes']} episodes and {stats['unlabelled_episodes']} of them have no "
-            "label, so no candidate can be judged good or bad. Run task problems through fcagent's graph (it "
-            "labels its own episodes), or label episodes with `fcagent traces label ID --good/--bad` / "
-            "`store.label(id, success, reason)`.")
+            f"label, so no reply can be judged good or bad. For your own agent: {_LABEL_HOWTO}; or export with "
+            "`--unlabelled good` to take unflagged episodes as good. fcagent's task suites label their own "
+            "episodes (`fcagent harvest`).")
+
+
+def _no_rows_message(store: TraceStore, kind: str, dropped: Counter) -> str:
+    why = ", ".join(f"{k}: {v}" for k, v in dropped.most_common()) or "no labelled replies"
+    if kind == "sft":
+        return (f"no SFT rows from {store.path} ({why}): SFT rows are the replies of episodes labelled good; "
+                f"{_LABEL_HOWTO}.")
+    return (f"no DPO pairs from {store.path} ({why}). A pair needs a good and a bad reply to the same context: "
+            "for your own agent, the same request answered in an episode labelled good and in one labelled bad "
+            "(repeated requests, retries, A/B runs), or a `StudentMiddleware` escalation (the student's failed "
+            "reply vs the teacher's); for fcagent's task suites, `fcagent harvest --samples 4` or "
+            "`fcagent replay`. SFT rows need only good episodes: `--kind sft`.")
 
 
 def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo", "sft"], settings: ExportSettings,
@@ -388,12 +445,9 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
     if n == 0:
         spool.unlink(missing_ok=True)
         stats = trace_store.stats()
-        if stats["labels"] == 0 or stats["unlabelled_episodes"] == stats["episodes"]:
+        if settings.unlabelled == "skip" and (stats["labels"] == 0 or stats["unlabelled_episodes"] == stats["episodes"]):
             raise ExportError(_unlabelled_message(trace_store))
-        why = ", ".join(f"{k}: {v}" for k, v in dropped.most_common()) or "no candidate pairs"
-        raise ExportError(f"no {kind} rows from {trace_store.path} ({why}). DPO pairs need a good and a bad "
-                          "candidate from the same context: sample several candidates (`harvest --samples 4`), "
-                          "or replay the student on teacher contexts (`fcagent replay`).")
+        raise ExportError(_no_rows_message(trace_store, kind, dropped))
     path = out_dir / ("pairs.jsonl" if kind == "dpo" else "sft.jsonl")
     write_jsonl_atomic(path, _shuffled(spool, settings.seed))
     spool.unlink(missing_ok=True)
@@ -406,6 +460,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
 
     stats = {"kind": kind, "rows": n, "by_source": dict(by_source), "by_task": dict(by_task),
              "rejected_reasons": dict(reasons), "dropped": dict(dropped),
+             "episodes": trace_store.verdict_counts(unlabelled=settings.unlabelled),
              "length_unit": "tokens" if tokenizer is not None else "characters",
              "prompt_length": summary(lengths["prompt"]), "completion_length": summary(lengths["completion"]),
              "settings": settings.model_dump(mode="json"), "store": str(trace_store.path)}

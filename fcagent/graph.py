@@ -27,8 +27,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from pydantic import BaseModel, ValidationError
 
+from fcagent import keys
 from fcagent.calls import Call, CallParseError, parse_calls, schema_error
 from fcagent.errors import UserError
+from fcagent.records import StepError
 from fcagent.prompting import OBSERVATION_PREFIX, render_system_prompt, tool_schemas
 from fcagent.tasks.base import Problem, Task, WorkedExample
 
@@ -37,7 +39,7 @@ __all__ = ["AgentState", "build_agent_graph", "final_answer_tool", "resolve_prot
 
 Protocol = Literal["native", "text"]
 FINAL_ANSWER = "final_answer"
-PROTOCOL_METADATA_KEY = "fcagent_protocol"
+PROTOCOL_METADATA_KEY = keys.PROTOCOL
 
 # Messages *to the model* (it can act on them); module constants so tests and users can match them.
 UNKNOWN_FUNCTION = "Error: `{name}` is not a function. Valid functions are: {valid}. Try again."
@@ -54,7 +56,7 @@ class AgentState(TypedDict, total=False):
     problem: Problem | None
     steps: int  # model calls made
     calls: Annotated[list[dict[str, Any]], operator.add]  # every parsed call: step, name, args, error
-    errors: Annotated[list[dict[str, Any]], operator.add]  # step-level errors: kind, detail, call
+    errors: Annotated[list[dict[str, Any]], operator.add]  # step-level errors: a StepError's fields + step
     pending: list[dict[str, Any]]  # this step's parsed calls (internal)
     final_answer: Any
     status: Literal["running", "answered", "no_call", "step_limit"]
@@ -136,6 +138,21 @@ def _invoke_with_timeout(tool: BaseTool, args: dict[str, Any], config: RunnableC
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def _step_error(step: int, kind: str, detail: str, call: str | None) -> dict[str, Any]:
+    """A step-level error as the state (and the recorder's labels) keep it: a StepError plus its step."""
+    return {"step": step, **StepError(kind=kind, detail=detail, call=call).model_dump()}
+
+
+def _json_object(text: Any) -> dict[str, Any] | None:
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -228,11 +245,11 @@ def build_agent_graph(
         if prompt:
             leading = [SystemMessage("\n\n".join([*(m.content for m in leading), prompt]))]
         # Step numbers are 1-based and match the `step` of the calls and errors parsed from this reply.
-        meta: dict[str, Any] = {PROTOCOL_METADATA_KEY: proto, "fcagent_step": state.get("steps", 0) + 1}
+        meta: dict[str, Any] = {keys.PROTOCOL: proto, keys.STEP: state.get("steps", 0) + 1}
         if proto == "text":  # the schemas live only in the prompt text; the recorder keeps them too
-            meta["fcagent_tools"] = tool_schemas(list(available.values()))
+            meta[keys.TOOLS] = tool_schemas(list(available.values()))
         if problem is not None:
-            meta |= {"fcagent_problem_id": problem.id, "fcagent_task": problem.task}
+            meta |= {keys.PROBLEM_ID: problem.id, keys.TASK: problem.task}
         response = runnable.invoke([*leading, *history], merge_configs(config, {"metadata": meta}))
         if not isinstance(response, AIMessage):
             response = AIMessage(content=getattr(response, "content", str(response)))
@@ -247,8 +264,12 @@ def build_agent_graph(
             calls = [Call(name=tc["name"], args=tc.get("args") or {}, id=tc.get("id") or Call(name="_").id)
                      for tc in message.tool_calls]
             for bad in getattr(message, "invalid_tool_calls", []) or []:
+                args = _json_object(bad.get("args"))
+                if bad.get("name") and args is not None:  # readable, but refused by the model's own check:
+                    calls.append(Call(name=bad["name"], args=args, id=bad.get("id") or Call(name="_").id))
+                    continue  # judged here like any other call
                 pending.append({"call": Call(name=bad.get("name") or "?", args={}, id=bad.get("id") or "bad"),
-                                "kind": "parse_error", "error": f"arguments are not valid JSON: {bad.get('error')}"})
+                                "kind": "parse_error", "error": f"unreadable call: {bad.get('error')}"})
         else:
             text = message.content if isinstance(message.content, str) else _stringify(message.content)
             try:
@@ -268,8 +289,8 @@ def build_agent_graph(
                             "error": INVALID_ARGUMENTS.format(name=call.name, detail=why) if why else None})
         records = [{"step": step, "name": p["call"].name, "args": p["call"].args, "id": p["call"].id,
                     "error": p["kind"]} for p in pending if p["call"] is not None]
-        errors = [{"step": step, "kind": p["kind"], "detail": p["error"],
-                   "call": p["call"].name if p["call"] else None} for p in pending if p["kind"]]
+        errors = [_step_error(step, p["kind"], p["error"], p["call"].name if p["call"] else None)
+                  for p in pending if p["kind"]]
         update: dict[str, Any] = {"pending": pending, "calls": records, "errors": errors}
         if not pending:
             # No call at all: the model answered in words (native) or, for a task whose functions
@@ -307,12 +328,11 @@ def build_agent_graph(
                 outputs.append((call, _truncate(_stringify(result), max_observation_chars)))
             except TimeoutError:
                 outputs.append((call, TOOL_TIMEOUT.format(name=call.name, seconds=tool_timeout)))
-                errors.append({"step": step, "kind": "timeout", "detail": f"no answer in {tool_timeout} s",
-                               "call": call.name})
+                errors.append(_step_error(step, "timeout", f"no answer in {tool_timeout} s", call.name))
             except Exception as exc:  # noqa: BLE001 - a failing tool is an observation, not a crash
                 detail = f"{type(exc).__name__}: {exc}"
                 outputs.append((call, TOOL_ERROR.format(name=call.name, detail=_truncate(detail, 500))))
-                errors.append({"step": step, "kind": "tool_error", "detail": detail, "call": call.name})
+                errors.append(_step_error(step, "tool_error", detail, call.name))
         if proto == "native":
             messages: list[AnyMessage] = [ToolMessage(content=out, tool_call_id=c.id if c else "none",
                                                       name=c.name if c else None) for c, out in outputs]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from fcagent.calls import Call, format_calls
 from fcagent.tasks.base import WorkedExample
 
-__all__ = ["tool_schemas", "render_system_prompt", "OBSERVATION_PREFIX"]
+__all__ = ["tool_schemas", "render_system_prompt", "to_chat_dicts", "assistant_text", "OBSERVATION_PREFIX"]
 
 OBSERVATION_PREFIX = "Observation: "
 
@@ -52,3 +54,41 @@ def render_system_prompt(schemas: list[dict[str, Any]], *, instructions: str = "
                 lines.append(f"{OBSERVATION_PREFIX}{observation}")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def assistant_text(message: AIMessage) -> str:
+    """An assistant turn as the student writes it: its calls as JSON (valid ones, and ones its own
+    check refused), else its text."""
+    calls = [Call(name=t["name"], args=t.get("args") or {}) for t in message.tool_calls]
+    for bad in message.invalid_tool_calls:
+        try:
+            args = json.loads(bad.get("args") or "")
+        except (json.JSONDecodeError, TypeError):
+            args = None
+        if not bad.get("name") or not isinstance(args, dict):
+            return message.content if isinstance(message.content, str) and message.content else str(bad.get("args") or "")
+        calls.append(Call(name=bad["name"], args=args))
+    if calls:
+        return format_calls(calls)
+    return message.content if isinstance(message.content, str) else str(message.content)
+
+
+def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
+    """Messages as the role/content dicts a chat template renders, tool traffic as plain text: the
+    student's view, shared by inference (`LocalChatModel`) and the exporter."""
+    out: list[dict[str, str]] = []
+    for m in messages:
+        content = m.content if isinstance(m.content, str) else str(m.content)
+        if isinstance(m, SystemMessage):
+            role = "system"
+        elif isinstance(m, AIMessage):
+            role, content = "assistant", assistant_text(m)
+        elif isinstance(m, ToolMessage):
+            role, content = "user", OBSERVATION_PREFIX + content
+        else:
+            role = "user"
+        if out and out[-1]["role"] == role == "system":
+            out[-1]["content"] += "\n\n" + content
+        else:
+            out.append({"role": role, "content": content})
+    return out

@@ -8,31 +8,39 @@ is converted and written in one SQLite transaction when its root run ends.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from fcagent.calls import CallParseError, parse_calls
-from fcagent.graph import PROTOCOL_METADATA_KEY
-from fcagent.records import context_hash, message_record
-from fcagent.store import TraceStore, open_store
+from fcagent import keys
+from fcagent.calls import CallParseError, calls_error, parse_calls
+from fcagent.errors import UserError
+from fcagent.prompting import tool_schemas
+from fcagent.records import StepError, context_hash, message_record
+from fcagent.store import StoreWriteError, TraceStore, open_store
 
-__all__ = ["TraceRecorder", "episode_from_buffer", "MAX_TOOL_OUTPUT_CHARS"]
+__all__ = ["TraceRecorder", "episode_from_buffer", "normalize_tools", "MAX_TOOL_OUTPUT_CHARS"]
+
+log = logging.getLogger("fcagent")
 
 MAX_TOOL_OUTPUT_CHARS = 200_000  # a tool's output is stored in full up to this size
 _SECRET_PARAM = re.compile(r"api_?key|secret|password|token$|^token|authori[sz]ation|credential|headers|cookie", re.I)
 _KEEP_PARAM = {"max_tokens", "max_new_tokens", "max_completion_tokens", "top_logprobs"}
+_TOOL_PARAM_KEYS = ("tools", "functions")  # where providers' bind_tools put the schemas
 
 
 def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
     """Invocation params without tools (stored apart) and without anything that may be a credential."""
     out = {}
     for k, v in params.items():
-        if k == "tools" or (_SECRET_PARAM.search(k) and k not in _KEEP_PARAM):
+        if k in _TOOL_PARAM_KEYS or (_SECRET_PARAM.search(k) and k not in _KEEP_PARAM):
             continue
         if isinstance(v, str | int | float | bool) or v is None:
             out[k] = v
@@ -48,23 +56,87 @@ def _model_name(params: dict[str, Any], serialized: dict[str, Any] | None) -> st
     return (serialized or {}).get("name") or params.get("_type")
 
 
-def _candidate(message: BaseMessage, protocol: str | None) -> dict[str, Any]:
-    rec: dict[str, Any] = {"message": message_record(message)}
-    if getattr(message, "tool_calls", None):
-        rec["calls"] = [{"name": c["name"], "args": c.get("args", {})} for c in message.tool_calls]
-    elif protocol != "native":
+def normalize_tools(tools: Any) -> list[dict[str, Any]]:
+    """Tool schemas in OpenAI's shape, from whatever a provider's `bind_tools` stored (OpenAI,
+    Anthropic `input_schema`, LangChain tools, ...); what cannot be read is left out."""
+    if not isinstance(tools, list | tuple):
+        return []
+    out = []
+    for t in tools:
+        if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict):
+            out.append(t)
+            continue
         try:
-            rec["calls"] = [{"name": c.name, "args": c.args} for c in parse_calls(rec["message"]["content"])]
+            out.append(convert_to_openai_tool(t))
+        except Exception:  # noqa: BLE001 - a provider-specific shape (e.g. Gemini's declarations): skipped
+            continue
+    return out
+
+
+def _tools_in(params: dict[str, Any], metadata: dict[str, Any], serialized: dict[str, Any] | None) -> list[dict[str, Any]]:
+    for key in _TOOL_PARAM_KEYS:
+        if params.get(key):
+            found = normalize_tools(params[key])
+            if found:
+                return found
+    if metadata.get(keys.TOOLS):
+        return normalize_tools(metadata[keys.TOOLS])
+    return normalize_tools(((serialized or {}).get("kwargs") or {}).get("tools"))
+
+
+def _candidate(message: BaseMessage, protocol: str | None, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """A candidate record: the reply, the calls it makes, and why it is not a usable call (typed).
+
+    Only the text protocol requires a call: there a reply without one is a `parse_error`. Anywhere
+    else a reply in words is an answer. Calls a model returned as `invalid_tool_calls` are read back
+    where their arguments are JSON, so they are judged like any other call.
+    """
+    rec: dict[str, Any] = {"message": message_record(message)}
+    calls = [{"name": c["name"], "args": c.get("args", {})} for c in getattr(message, "tool_calls", None) or []]
+    error: StepError | None = None
+    for bad in getattr(message, "invalid_tool_calls", None) or []:
+        try:
+            args = json.loads(bad.get("args") or "{}")
+        except (json.JSONDecodeError, TypeError):
+            args = None
+        if bad.get("name") and isinstance(args, dict):
+            calls.append({"name": bad["name"], "args": args})
+        elif error is None:
+            error = StepError(kind="parse_error", detail=str(bad.get("error") or "unreadable tool call"),
+                              call=bad.get("name"))
+    if not calls and protocol == "text":
+        try:
+            calls = [{"name": c.name, "args": c.args} for c in parse_calls(rec["message"]["content"])]
         except CallParseError as exc:
-            rec["parse_error"] = str(exc)
-    invalid = getattr(message, "invalid_tool_calls", None)
-    if invalid:
-        rec["parse_error"] = f"invalid tool call: {invalid[0].get('error')}"
+            error = StepError(kind="parse_error", detail=str(exc))
+    if calls and error is None and tools:
+        error = calls_error(calls, tools)
+    if calls:
+        rec["calls"] = calls
+    if error is not None:
+        rec["error"] = error.model_dump()
     return rec
 
 
+def _answering_completion(run: dict[str, Any], completions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The model call a tool run answers: the one whose reply holds its tool-call id, else the last
+    model call that started before it."""
+    call_id = run.get("tool_call_id")
+    if call_id:
+        for comp in completions:
+            for cand in comp["candidates"][:1]:
+                if any(tc.get("id") == call_id for tc in cand["message"].get("tool_calls") or []):
+                    return comp
+    before = [c for c in completions if c.get("_order", 0) < run.get("_order", 0)]
+    return before[-1] if before else None
+
+
 def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
-    """An episode trace (EpisodeTrace-shaped dict) from what the callbacks buffered."""
+    """An episode trace (EpisodeTrace-shaped dict) from what the callbacks or middleware buffered.
+
+    Labels written here: the graph's step errors and valid calls (fcagent's own graph), a failed tool
+    run on the model call that caused it (every route), and the task verifier's verdict.
+    """
     ep_id = buf["id"]
     outputs = buf.get("outputs") if isinstance(buf.get("outputs"), dict) else {}
     problem = outputs.get("problem")
@@ -74,69 +146,99 @@ def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
     for err in outputs.get("errors") or []:
         if isinstance(err, dict) and isinstance(err.get("step"), int):
             step_errors.setdefault(err["step"], []).append(err)
+    failed: set[str] = set()
     model = None
     for seq, c in enumerate(buf["completions"]):
         cmeta = c.get("metadata") or {}
-        protocol = cmeta.get(PROTOCOL_METADATA_KEY)
+        protocol = cmeta.get(keys.PROTOCOL)
         messages = [message_record(m) for m in c["messages"]]
-        tools = c["params"].get("tools") or cmeta.get("fcagent_tools") or []
+        tools = c.get("tools") or _tools_in(c["params"], cmeta, c.get("serialized")) or buf.get("tools") or []
         gens = c.get("generations") or []
-        step = cmeta.get("fcagent_step")
+        step = cmeta.get(keys.STEP)
         model = model or c["model"]
         comp = {"id": c["id"], "episode_id": ep_id, "parent_run_id": c.get("parent"), "seq": seq, "model": c["model"],
                 "protocol": protocol, "step": step, "context_hash": context_hash(messages, tools),
                 "messages": messages, "tools": tools, "params": _safe_params(c["params"]),
-                "candidates": [_candidate(g.message, protocol) for g in gens if hasattr(g, "message")],
-                "usage": c.get("usage") or {}, "latency_ms": c.get("latency_ms"), "error": c.get("error")}
+                "candidates": [_candidate(g.message, protocol, tools) for g in gens if hasattr(g, "message")],
+                "usage": c.get("usage") or {}, "latency_ms": c.get("latency_ms"), "error": c.get("error"),
+                "_order": c.get("order", seq)}
         completions.append(comp)
         if isinstance(step, int) and comp["candidates"]:
             if step in step_errors:
                 e = step_errors[step][0]
                 labels.append({"target_id": c["id"], "candidate": 0, "success": False, "source": "graph",
-                               "reason": f"{e.get('kind')}: {e.get('detail')}"})
+                               "kind": e.get("kind"), "reason": f"{e.get('kind')}: {e.get('detail')}"})
+                failed.add(c["id"])
             elif comp["candidates"][0].get("calls"):
                 labels.append({"target_id": c["id"], "candidate": 0, "success": True, "source": "graph",
                                "reason": "valid call"})
+    for run in buf["tool_runs"]:
+        if not run.get("error"):
+            continue
+        comp = _answering_completion(run, completions)
+        if comp is not None and comp["id"] not in failed and comp["candidates"]:
+            failed.add(comp["id"])
+            kind = "timeout" if str(run["error"]).startswith("TimeoutError") else "tool_error"
+            labels.append({"target_id": comp["id"], "candidate": 0, "success": False, "source": "tool", "kind": kind,
+                           "reason": f"{run['name']}: {str(run['error'])[:500]}"})
+    for comp in completions:
+        comp.pop("_order", None)
+    tool_runs = [{k: v for k, v in run.items() if k != "_order"} for run in buf["tool_runs"]]
     verdict = outputs.get("verdict")
     if isinstance(verdict, dict) and "success" in verdict:
         labels.append({"target_id": ep_id, "candidate": None, "success": bool(verdict["success"]),
                        "source": "verifier", "reason": str(verdict.get("reason", ""))})
-    problem_id = getattr(problem, "id", None) or meta.get("fcagent_problem_id")
+    problem_id = getattr(problem, "id", None) or meta.get(keys.PROBLEM_ID)
     kept_outputs = {k: outputs.get(k) for k in ("final_answer", "status", "verdict", "steps", "errors") if k in outputs}
     episode = {
         "id": ep_id, "thread_id": meta.get("thread_id"), "name": buf.get("name"), "started_at": buf["started_at"],
         "ended_at": buf.get("ended_at"), "status": buf.get("status", "complete"),
-        "task": getattr(problem, "task", None) or meta.get("fcagent_task"), "problem_id": problem_id,
-        "split": getattr(problem, "split", None), "model": meta.get("fcagent_model") or model,
+        "task": getattr(problem, "task", None) or meta.get(keys.TASK), "problem_id": problem_id,
+        "split": getattr(problem, "split", None), "model": meta.get(keys.MODEL) or model,
         "metadata": {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool) and not k.startswith("langgraph_")},
         "tags": list(dict.fromkeys(buf.get("tags") or [])), "outputs": kept_outputs, "error": buf.get("error"),
     }
     if problem_id and not episode["split"]:
         from fcagent.tasks.base import split_of
 
-        episode["split"] = meta.get("fcagent_split") or split_of(problem_id)
-    return {"episode": episode, "completions": completions, "tool_runs": buf["tool_runs"], "labels": labels}
+        episode["split"] = meta.get(keys.SPLIT) or split_of(problem_id)
+    return {"episode": episode, "completions": completions, "tool_runs": tool_runs, "labels": labels}
 
 
 class TraceRecorder(BaseCallbackHandler):
     """Records episodes into a `TraceStore`: `TraceRecorder(store="traces.db", team="search")`.
 
-    Keyword arguments become episode metadata. Sync and async runs share this one implementation
+    One root run is one episode, and the episode's id is that run's `run_id` (pass
+    `config={"run_id": ...}` to know it before the run; label it later with that id). Keyword
+    arguments become episode metadata. Sync and async runs share this one implementation
     (`run_inline` keeps events in order in async code without a thread hop).
+
+    `tools=[...]`: the agent's tools, for models whose `bind_tools` keeps the schemas somewhere the
+    callbacks cannot see (the recorder warns once per such model). `on_write_error`: a failed store
+    write is `"report"`ed (logged naming the episode and kept in `write_errors`, the agent's run
+    goes on: the default, since a trace should not take production down) or `"raise"`d into the run.
     """
 
-    raise_error = False
     run_inline = True
 
     def __init__(self, store: str | TraceStore = "fcagent-traces.db", *, tags: list[str] | None = None,
-                 max_tool_output_chars: int = MAX_TOOL_OUTPUT_CHARS, **metadata: Any):
+                 tools: list[Any] | None = None, max_tool_output_chars: int = MAX_TOOL_OUTPUT_CHARS,
+                 on_write_error: Literal["report", "raise"] = "report", **metadata: Any):
+        if on_write_error not in ("report", "raise"):
+            raise UserError(f"`on_write_error` must be 'report' or 'raise', got {on_write_error!r}")
         self.store = open_store(store)
         self.metadata = metadata
         self.tags = list(tags or [])
+        self.tools = normalize_tools(tool_schemas(tools)) if tools else []
         self.max_tool_output_chars = max_tool_output_chars
+        self.on_write_error = on_write_error
+        self.raise_error = on_write_error == "raise"
+        self.write_errors: list[StoreWriteError] = []
         self._root: dict[UUID, UUID] = {}
         self._open: dict[UUID, dict[str, Any]] = {}
         self._runs: dict[UUID, dict[str, Any]] = {}
+        self._order = 0
+        self._warned_models: set[str] = set()
         self.last_episode_id: str | None = None
         self.episodes_written = 0
 
@@ -145,7 +247,8 @@ class TraceRecorder(BaseCallbackHandler):
     def _start_episode(self, run_id: UUID, name: str | None, tags: list[str] | None,
                        metadata: dict[str, Any] | None) -> dict[str, Any]:
         buf = {"id": str(run_id), "name": name, "started_at": time.time(), "tags": [*self.tags, *(tags or [])],
-               "metadata": {**(metadata or {}), **self.metadata}, "completions": [], "tool_runs": []}
+               "metadata": {**(metadata or {}), **self.metadata}, "completions": [], "tool_runs": [],
+               "tools": self.tools}
         self._open[run_id] = buf
         self._root[run_id] = run_id
         return buf
@@ -156,6 +259,10 @@ class TraceRecorder(BaseCallbackHandler):
             return None
         self._root[run_id] = root
         return self._open.get(root)
+
+    def _next(self) -> int:
+        self._order += 1
+        return self._order
 
     def _finish(self, run_id: UUID, *, outputs: Any = None, error: BaseException | None = None) -> None:
         buf = self._open.pop(run_id, None)
@@ -170,10 +277,31 @@ class TraceRecorder(BaseCallbackHandler):
         # Drop the run map entries of this episode (kept small for long-lived recorders).
         for rid in [r for r, root in self._root.items() if root == run_id]:
             self._root.pop(rid, None)
+            self._runs.pop(rid, None)
         trace = episode_from_buffer(buf)
-        self.store.write_episode(trace)
+        self._warn_missing_tools(trace)
+        try:
+            self.store.write_episode(trace)
+        except Exception as exc:  # noqa: BLE001 - reported or raised, as the caller chose
+            failure = StoreWriteError(trace["episode"]["id"], exc)
+            self.write_errors.append(failure)
+            log.error("%s", failure)
+            if self.raise_error:
+                raise failure from exc
+            return
         self.last_episode_id = trace["episode"]["id"]
         self.episodes_written += 1
+
+    def _warn_missing_tools(self, trace: dict[str, Any]) -> None:
+        for comp in trace["completions"]:
+            uses_tools = any(m.get("tool_calls") or m["role"] == "tool" for m in comp["messages"]) or any(
+                cand.get("calls") for cand in comp["candidates"])
+            name = comp.get("model") or "?"
+            if uses_tools and not comp["tools"] and comp.get("protocol") != "text" and name not in self._warned_models:
+                self._warned_models.add(name)
+                log.warning("fcagent: model %s calls tools but its tool schemas are not in its invocation params; "
+                            "exported rows will lack the function list. Pass them: TraceRecorder(store, tools=[...])",
+                            name)
 
     # --- chains --------------------------------------------------------------------------------
 
@@ -204,7 +332,8 @@ class TraceRecorder(BaseCallbackHandler):
         params = kwargs.get("invocation_params") or {}
         self._runs[run_id] = {"id": str(run_id), "parent": str(parent_run_id) if parent_run_id else None,
                               "messages": messages[0] if messages else [], "params": params, "metadata": metadata,
-                              "model": _model_name(params, serialized), "t0": time.perf_counter()}
+                              "serialized": serialized, "model": _model_name(params, serialized),
+                              "t0": time.perf_counter(), "order": self._next()}
         buf["completions"].append(self._runs[run_id])
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -237,7 +366,8 @@ class TraceRecorder(BaseCallbackHandler):
             buf = self._start_episode(run_id, (serialized or {}).get("name"), kwargs.get("tags"), kwargs.get("metadata"))
         run = {"id": str(run_id), "episode_id": buf["id"], "parent_run_id": str(parent_run_id) if parent_run_id else None,
                "seq": len(buf["tool_runs"]), "name": (serialized or {}).get("name") or kwargs.get("name") or "tool",
-               "args": inputs if inputs is not None else input_str, "t0": time.perf_counter()}
+               "args": inputs if inputs is not None else input_str, "tool_call_id": kwargs.get("tool_call_id"),
+               "t0": time.perf_counter(), "_order": self._next()}
         buf["tool_runs"].append(run)
         self._runs[run_id] = run
 
@@ -246,15 +376,23 @@ class TraceRecorder(BaseCallbackHandler):
         if run is None:
             return
         run["latency_ms"] = (time.perf_counter() - run.pop("t0")) * 1000
-        if output is not None and len(output) > self.max_tool_output_chars:
-            output = output[: self.max_tool_output_chars] + f"\n[... {len(output) - self.max_tool_output_chars} more characters not stored]"
-        run["output"], run["error"] = output, error
+        run["output"], run["error"] = _cap(output, self.max_tool_output_chars), _cap(error, self.max_tool_output_chars)
         if run_id in self._open:
             self._finish(run_id)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         content = getattr(output, "content", output)
-        self._tool_done(run_id, content if isinstance(content, str) else str(content), None)
+        text = content if isinstance(content, str) else str(content)
+        # A ToolException the tool handled itself (`handle_tool_error=True`) ends as a ToolMessage
+        # with status "error": a failed call all the same.
+        failed = getattr(output, "status", None) == "error"
+        self._tool_done(run_id, text, text if failed else None)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._tool_done(run_id, None, f"{type(error).__name__}: {error}")
+
+
+def _cap(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... {len(text) - limit} more characters not stored]"

@@ -12,10 +12,28 @@ import json
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-__all__ = ["MessageRecord", "Candidate", "Completion", "ToolRun", "Label", "Episode", "EpisodeTrace",
-           "message_record", "to_langchain", "context_hash"]
+__all__ = ["MessageRecord", "Candidate", "Completion", "ToolRun", "Label", "Episode", "EpisodeTrace", "StepError",
+           "StepErrorKind", "message_record", "to_langchain", "context_hash"]
+
+StepErrorKind = Literal["parse_error", "no_call", "unknown_function", "invalid_arguments", "tool_error", "timeout"]
+
+
+class StepError(BaseModel):
+    """Why one model reply (a step) failed: the typed form every module passes around.
+
+    `parse_error`: the reply should have been a call and is not readable as one; `no_call`: a
+    text-protocol reply without a call; `unknown_function` / `invalid_arguments`: a call that does not
+    fit the offered tools; `tool_error` / `timeout`: the call ran and failed.
+    """
+
+    kind: StepErrorKind
+    detail: str = ""
+    call: str | None = None  # the function's name, where there was a call
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}" if self.detail else self.kind
 
 Role = Literal["system", "user", "assistant", "tool"]
 _ROLE = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool", "AIMessageChunk": "assistant",
@@ -28,6 +46,7 @@ class MessageRecord(BaseModel):
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)  # {"id", "name", "args"}
     tool_call_id: str | None = None
     name: str | None = None
+    status: Literal["error"] | None = None  # a tool message that reports a failure
 
 
 def _text(content: Any) -> str:
@@ -49,6 +68,8 @@ def message_record(m: BaseMessage) -> dict[str, Any]:
         rec["tool_call_id"] = m.tool_call_id
         if m.name:
             rec["name"] = m.name
+        if m.status == "error":
+            rec["status"] = "error"
     return rec
 
 
@@ -59,7 +80,7 @@ def to_langchain(rec: MessageRecord | dict[str, Any]) -> BaseMessage:
     if r.role == "user":
         return HumanMessage(r.content)
     if r.role == "tool":
-        return ToolMessage(r.content, tool_call_id=r.tool_call_id or "", name=r.name)
+        return ToolMessage(r.content, tool_call_id=r.tool_call_id or "", name=r.name, status=r.status or "success")
     return AIMessage(content=r.content, tool_calls=[{"id": c.get("id"), "name": c["name"], "args": c.get("args", {})}
                                                     for c in r.tool_calls])
 
@@ -81,7 +102,17 @@ class Candidate(BaseModel):
 
     message: MessageRecord
     calls: list[dict[str, Any]] = Field(default_factory=list)  # parsed {"name", "args"}
-    parse_error: str | None = None
+    error: StepError | None = None  # the reply is not a usable call (only where a call was expected)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_parse_error(cls, data: Any) -> Any:
+        # Stores and exports written before typed errors kept a `parse_error` string.
+        if isinstance(data, dict) and data.get("parse_error") and not data.get("error"):
+            data = {**data, "error": {"kind": "parse_error", "detail": data["parse_error"]}}
+        if isinstance(data, dict) and "parse_error" in data:
+            data = {k: v for k, v in data.items() if k != "parse_error"}
+        return data
 
 
 class Completion(BaseModel):
@@ -112,8 +143,9 @@ class ToolRun(BaseModel):
     name: str
     args: Any = None
     output: str | None = None
-    error: str | None = None
+    error: str | None = None  # a raised exception, a handled ToolException, a ToolMessage with status "error"
     latency_ms: float | None = None
+    tool_call_id: str | None = None  # the model's call this run answers, where the agent passes it
 
 
 class Label(BaseModel):
@@ -121,8 +153,9 @@ class Label(BaseModel):
     candidate: int | None = None  # which candidate of a completion; None = the whole target
     success: bool
     reason: str = ""
-    source: str = "user"  # verifier | graph | feedback | langsmith | student-middleware | ...
+    source: str = "user"  # verifier | graph | tool | feedback | langsmith | student-middleware | ...
     created_at: float | None = None
+    kind: StepErrorKind | None = None  # for a failed step: what failed
 
 
 class Episode(BaseModel):

@@ -15,6 +15,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from fcagent import keys
 from fcagent.calls import Call
 from fcagent.export import candidate_identity, structural_error
 from fcagent.records import to_langchain
@@ -24,15 +25,15 @@ from fcagent.tasks import get_task
 
 __all__ = ["replay", "REPLAY_ROLE"]
 
-REPLAY_ROLE = "student-replay"
+REPLAY_ROLE = keys.Role.STUDENT_REPLAY.value
 
-_GOOD_TEACHER_STEPS = """
+_GOOD_TEACHER_STEPS = f"""
 SELECT c.id, c.context_hash, c.protocol, c.messages, c.tools, c.candidates, e.task, e.problem_id, e.split
 FROM completions c JOIN episodes e ON e.id = c.episode_id
 WHERE e.status = 'complete'
-  AND COALESCE(json_extract(e.metadata, '$.fcagent_role'), 'teacher') NOT LIKE 'student%'
+  AND COALESCE(json_extract(e.metadata, '$.{keys.ROLE}'), '') NOT IN {keys.sql_list(keys.STUDENT_ROLES)}
   AND (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) = 1
-  AND COALESCE(e.split, '') != 'test' {task_filter}
+  AND COALESCE(e.split, '') != 'test' {{task_filter}}
 ORDER BY e.started_at, c.seq
 """
 
@@ -50,7 +51,7 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
                         (family,) if family else ()).fetchall()
     done = {r[0] for r in conn.execute(
         "SELECT c.context_hash FROM completions c JOIN episodes e ON e.id = c.episode_id "
-        "WHERE json_extract(e.metadata, '$.fcagent_role') = ? AND e.model = ?", (REPLAY_ROLE, student_name))}
+        f"WHERE json_extract(e.metadata, '$.{keys.ROLE}') = ? AND e.model = ?", (REPLAY_ROLE, student_name))}
     conn.close()
     contexts, seen = [], set(done)
     for r in rows:
@@ -69,31 +70,32 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
             messages = [to_langchain(m) for m in json.loads(ctx["messages"])]
             tools = json.loads(ctx["tools"])
             teacher_candidate = json.loads(ctx["candidates"])[0]
-            meta = {"fcagent_role": REPLAY_ROLE, "fcagent_model": student_name, "fcagent_protocol": ctx["protocol"],
-                    "fcagent_problem_id": ctx["problem_id"], "fcagent_task": ctx["task"],
-                    "fcagent_split": ctx["split"], "fcagent_replayed": ctx["id"]}
+            meta = {keys.ROLE: REPLAY_ROLE, keys.MODEL: student_name, keys.PROTOCOL: ctx["protocol"],
+                    keys.PROBLEM_ID: ctx["problem_id"], keys.TASK: ctx["task"],
+                    keys.SPLIT: ctx["split"], keys.REPLAYED: ctx["id"]}
             kwargs: dict[str, Any] = {"n": samples, "temperature": temperature}
             if ctx["protocol"] == "native" and tools:
                 kwargs["tools"] = tools
             else:
-                meta["fcagent_tools"] = tools
+                meta[keys.TOOLS] = tools
             result = student.generate([messages], callbacks=[recorder], metadata=meta, **kwargs)
             run_id = str(result.run[0].run_id) if result.run else None
             completion = trace_store.trace(recorder.last_episode_id).completions[0]
             assert run_id is None or completion.id == run_id
             for i, cand in enumerate(completion.candidates):
                 data = cand.model_dump()
-                why = structural_error(data, tools, ctx["protocol"])
-                if why is None and ctx["problem_id"] in problems:
+                error = structural_error(data, tools, ctx["protocol"])
+                kind = error.kind if error is not None else None
+                if error is None and ctx["problem_id"] in problems:
                     calls = [Call(name=c["name"], args=c.get("args", {})) for c in data.get("calls") or []]
                     verdict = checker.verify(problems[ctx["problem_id"]], final_answer=None, calls=calls)
                     ok, why = verdict.success, None if verdict.success else verdict.reason
-                elif why is None:
+                elif error is None:
                     ok = candidate_identity(data) == candidate_identity(teacher_candidate)
                     why = None if ok else "diverges from the reference"
                 else:
-                    ok = False
-                trace_store.label(completion.id, ok, why or "matches the teacher", "replay", candidate=i)
+                    ok, why = False, str(error)
+                trace_store.label(completion.id, ok, why or "matches the teacher", "replay", candidate=i, kind=kind)
                 good += ok
                 bad += not ok
             if bar is not None:

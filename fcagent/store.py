@@ -29,13 +29,22 @@ except ImportError:  # Windows: SQLite's own busy handler alone
 from fcagent.errors import UserError
 from fcagent.records import Completion, Episode, EpisodeTrace, Label, ToolRun
 
-__all__ = ["TraceStore", "StoreError", "DEFAULT_STORE", "open_store", "write_jsonl_atomic", "SCHEMA_VERSION"]
+__all__ = ["TraceStore", "StoreError", "StoreWriteError", "DEFAULT_STORE", "open_store", "write_jsonl_atomic", "SCHEMA_VERSION"]
 
 DEFAULT_STORE = "fcagent-traces.db"
 
 
 class StoreError(RuntimeError):
     """The store cannot be used as asked (newer schema, corrupt import); nothing stored was changed."""
+
+
+class StoreWriteError(RuntimeError):
+    """An episode could not be written (disk full, store locked, ...): it is not in the store."""
+
+    def __init__(self, episode_id: str, cause: BaseException):
+        super().__init__(f"episode {episode_id} was not stored: {type(cause).__name__}: {cause}")
+        self.episode_id = episode_id
+        self.cause = cause
 
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -63,12 +72,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX labels_target ON labels(target_id);
         CREATE UNIQUE INDEX labels_unique ON labels(target_id, IFNULL(candidate, -1), source, reason, success)
     """),
+    # Typed step errors: what failed (a label's `kind`), and which model call a tool run answers.
+    ("002_label_kind_tool_call_id", """
+        ALTER TABLE labels ADD COLUMN kind TEXT;
+        ALTER TABLE tool_runs ADD COLUMN tool_call_id TEXT
+    """),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _EPISODE_COLS = 14
 _COMPLETION_COLS = 15
-_TOOL_COLS = 9
+_TOOL_COLS = 10
 
 
 def _dumps(value: Any) -> str:
@@ -122,7 +136,7 @@ class TraceStore:
                         self._conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    self._rollback()
                     raise
 
     @property
@@ -166,7 +180,8 @@ class TraceStore:
     # --- writing -------------------------------------------------------------------------------
 
     def write_episode(self, trace: EpisodeTrace | dict[str, Any], *, replace: bool = False) -> bool:
-        """Store one episode and everything under it in one transaction; False if it was there."""
+        """Store one episode and everything under it in one transaction; False if it was there (its
+        labels are merged in all the same: importing feedback on a known episode adds the feedback)."""
         rows = _trace_rows(trace)
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         with self._lock, self._writer_queue():
@@ -174,7 +189,8 @@ class TraceStore:
             try:
                 cur = self._conn.execute(f"{verb} INTO episodes VALUES ({_marks(_EPISODE_COLS)})", rows["episode"])
                 if cur.rowcount == 0:
-                    self._conn.execute("ROLLBACK")
+                    self._conn.executemany(_INSERT_LABEL, rows["labels"])
+                    self._conn.execute("COMMIT")
                     return False
                 self._conn.executemany(f"{verb} INTO completions VALUES ({_marks(_COMPLETION_COLS)})",
                                        rows["completions"])
@@ -182,22 +198,59 @@ class TraceStore:
                 self._conn.executemany(_INSERT_LABEL, rows["labels"])
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         return True
 
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (a failed COMMIT on a full disk): a second ROLLBACK would
+        # raise "no transaction is active" and hide the real error.
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
     def label(self, target_id: str, success: bool, reason: str = "", source: str = "user", *,
-              candidate: int | None = None) -> Label:
-        """Attach a verdict to an episode or a completion (or one candidate of a completion)."""
-        lab = Label(target_id=target_id, candidate=candidate, success=bool(success), reason=reason, source=source,
-                    created_at=time.time())
-        with self._lock:
-            known = self._conn.execute("SELECT 1 FROM episodes WHERE id=? UNION SELECT 1 FROM completions WHERE id=?",
-                                       (target_id, target_id)).fetchone()
-            if not known:
-                raise UserError(f"`target_id` {target_id!r} is neither an episode nor a completion in {self.path}")
-            self._conn.execute(_INSERT_LABEL, _label_row(lab.model_dump()))
+              candidate: int | None = None, kind: str | None = None) -> Label:
+        """Attach a verdict to an episode or a completion (or one candidate of a completion).
+        `target_id` may be a unique prefix of the id."""
+        (lab,) = self.label_many([Label(target_id=target_id, candidate=candidate, success=bool(success), reason=reason,
+                                        source=source, kind=kind)])
         return lab
+
+    def label_many(self, labels: list[Label]) -> list[Label]:
+        """Attach many labels in one transaction (feedback arriving in bulk); every target is resolved
+        (unique prefixes allowed) before anything is written, so a bad id writes nothing."""
+        resolved = [lab.model_copy(update={"target_id": self.resolve_id(lab.target_id),
+                                           "created_at": lab.created_at or time.time()}) for lab in labels]
+        rows = [_label_row(lab.model_dump()) for lab in resolved]
+        with self._lock, self._writer_queue():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(_INSERT_LABEL, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return resolved
+
+    def resolve_id(self, id_or_prefix: str) -> str:
+        """The full id of the one episode or completion whose id is, or starts with, `id_or_prefix`."""
+        if not isinstance(id_or_prefix, str) or not id_or_prefix.strip():
+            raise UserError("an episode or completion id must be a non-empty string")
+        prefix = id_or_prefix.strip()
+        matches: list[str] = []
+        for table in ("episodes", "completions"):
+            # A range scan on the primary key: fast whatever the store's size.
+            matches += [r["id"] for r in self._query(f"SELECT id FROM {table} WHERE id >= ? AND id < ? LIMIT 6",
+                                                     (prefix, prefix + "\U0010ffff"))]
+        if prefix in matches:
+            return prefix
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise UserError(f"no episode or completion with id {prefix!r} in {self.path} (`fcagent traces ls` lists them)")
+        raise UserError(f"id prefix {prefix!r} matches several ids in {self.path} "
+                        f"({', '.join(m[:13] + '…' for m in matches[:5])}); give more of it")
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -224,9 +277,11 @@ class TraceStore:
             yield self._trace(ep)
 
     def trace(self, episode_id: str) -> EpisodeTrace:
-        rows = list(self._query("SELECT * FROM episodes WHERE id=?", (episode_id,)))
+        """One episode by its id or a unique prefix of it."""
+        full = self.resolve_id(episode_id)
+        rows = list(self._query("SELECT * FROM episodes WHERE id=?", (full,)))
         if not rows:
-            raise UserError(f"no episode {episode_id!r} in {self.path}")
+            raise UserError(f"{full} is a model call, not an episode, in {self.path}")
         return self._trace(_episode(rows[0]))
 
     def latest_episode_id(self) -> str | None:
@@ -241,6 +296,33 @@ class TraceStore:
         labels = [_label(r) for r in self._query(
             f"SELECT * FROM labels WHERE target_id IN ({_marks(len(ids))}) ORDER BY id", ids)]
         return EpisodeTrace(episode=ep, completions=comps, tool_runs=tools, labels=labels)
+
+    def verdict_counts(self, *, unlabelled: str = "skip") -> dict[str, int]:
+        """Complete episodes by their newest episode label (what the exporter's policy sees)."""
+        names = {1: "labelled good", 0: "labelled bad",
+                 None: "unlabelled (skipped)" if unlabelled == "skip" else "unlabelled (taken as good)"}
+        return {names[r["v"]]: r["n"] for r in self._query(
+            "SELECT (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS v, "
+            "COUNT(*) AS n FROM episodes e WHERE e.status = 'complete' GROUP BY v")}
+
+    def summaries(self, *, limit: int = 20, task: str | None = None) -> list[dict[str, Any]]:
+        """The newest episodes for a listing: id, question (the first user message), verdict (the newest
+        episode label, else the task verifier's), model, status, steps."""
+        where, params = _filters(task=task)
+        rows = list(self._query(
+            f"SELECT e.*, (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS v, "
+            f"(SELECT l.source FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS v_source, "
+            f"(SELECT c.messages FROM completions c WHERE c.episode_id = e.id ORDER BY c.seq LIMIT 1) AS first_messages "
+            f"FROM episodes e {where} ORDER BY e.started_at DESC, e.id DESC LIMIT ?", (*params, limit)))
+        out = []
+        for r in reversed(rows):
+            messages = json.loads(r["first_messages"]) if r["first_messages"] else []
+            question = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+            out.append({"id": r["id"], "question": question, "model": r["model"], "status": r["status"],
+                        "task": r["task"], "problem_id": r["problem_id"],
+                        "verdict": None if r["v"] is None else bool(r["v"]), "verdict_source": r["v_source"],
+                        "steps": json.loads(r["outputs"]).get("steps")})
+        return out
 
     def labels(self, target_id: str) -> list[Label]:
         return [_label(r) for r in self._query("SELECT * FROM labels WHERE target_id=? ORDER BY id", (target_id,))]
@@ -331,8 +413,8 @@ def open_store(store: str | os.PathLike[str] | TraceStore) -> TraceStore:
     raise UserError(f"`store` must be a path or a TraceStore, got {type(store).__name__}")
 
 
-_INSERT_LABEL = ("INSERT OR IGNORE INTO labels (target_id, candidate, success, reason, source, created_at) "
-                 "VALUES (?,?,?,?,?,?)")
+_INSERT_LABEL = ("INSERT OR IGNORE INTO labels (target_id, candidate, success, reason, source, created_at, kind) "
+                 "VALUES (?,?,?,?,?,?,?)")
 
 
 def _marks(n: int) -> str:
@@ -350,7 +432,7 @@ def _filters(**kw: Any) -> tuple[str, tuple]:
 
 def _label_row(lb: dict[str, Any]) -> tuple:
     return (lb["target_id"], lb.get("candidate"), int(bool(lb["success"])), lb.get("reason") or "",
-            lb.get("source") or "user", lb.get("created_at") or time.time())
+            lb.get("source") or "user", lb.get("created_at") or time.time(), lb.get("kind"))
 
 
 def _trace_rows(trace: EpisodeTrace | dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +449,8 @@ def _trace_rows(trace: EpisodeTrace | dict[str, Any]) -> dict[str, Any]:
               _dumps(c.get("params") or {}), _dumps(c.get("candidates") or []), _dumps(c.get("usage") or {}),
               c.get("latency_ms"), c.get("error")) for c in trace.get("completions", [])]
     tools = [(t["id"], t["episode_id"], t.get("parent_run_id"), t.get("seq", 0), t["name"], _dumps(t.get("args")),
-              t.get("output"), t.get("error"), t.get("latency_ms")) for t in trace.get("tool_runs", [])]
+              t.get("output"), t.get("error"), t.get("latency_ms"), t.get("tool_call_id"))
+             for t in trace.get("tool_runs", [])]
     labels = [_label_row(lb) for lb in trace.get("labels", [])]
     return {"episode": episode, "completions": comps, "tool_runs": tools, "labels": labels}
 
@@ -390,9 +473,9 @@ def _completion(r: sqlite3.Row) -> Completion:
 def _tool_run(r: sqlite3.Row) -> ToolRun:
     return ToolRun(id=r["id"], episode_id=r["episode_id"], parent_run_id=r["parent_run_id"], seq=r["seq"],
                    name=r["name"], args=json.loads(r["args"]) if r["args"] else None, output=r["output"],
-                   error=r["error"], latency_ms=r["latency_ms"])
+                   error=r["error"], latency_ms=r["latency_ms"], tool_call_id=r["tool_call_id"])
 
 
 def _label(r: sqlite3.Row) -> Label:
     return Label(target_id=r["target_id"], candidate=r["candidate"], success=bool(r["success"]), reason=r["reason"],
-                 source=r["source"], created_at=r["created_at"])
+                 source=r["source"], created_at=r["created_at"], kind=r["kind"])

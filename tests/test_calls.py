@@ -13,9 +13,25 @@ def test_json_object():
     assert (call.name, call.args) == ("add", {"a": 1, "b": 2.5})
 
 
-def test_json_inside_prose_fences_and_tags():
-    assert parse_calls('Sure!\n```json\n{"name": "f", "arguments": {"x": "y"}}\n```')[0].args == {"x": "y"}
+def test_json_inside_a_fence_or_a_tag_that_is_the_whole_reply():
+    assert parse_calls('```json\n{"name": "f", "arguments": {"x": "y"}}\n```')[0].args == {"x": "y"}
     assert parse_calls('<tool_call>{"name": "g", "arguments": {}}</tool_call>')[0].name == "g"
+    assert parse_calls('{"name": "g", "args": {"k": 1}}')[0].args == {"k": 1}  # the one documented alias
+    assert parse_calls('{"type": "function", "function": {"name": "g", "arguments": "{}"}}')[0].name == "g"
+
+
+@pytest.mark.parametrize("text", [
+    'Sure!\n```json\n{"name": "f", "arguments": {"x": "y"}}\n```',  # prose around a call is an answer
+    'I would call add(a=1, b=2) here.',
+    'The answer is 3. {"name": "add", "arguments": {"a": 1}}',
+    '{"name": "add", "arguments": {"a": 1}} and then I add more',
+    '[f(x=1), g(y=\'a\')] and that is all',
+    # a copied function schema is not a call: `parameters` is not an arguments key
+    '{"name": "add", "description": "Add.", "parameters": {"a": 1}}',
+])
+def test_a_call_is_never_fished_out_of_prose_or_a_schema(text):
+    with pytest.raises(CallParseError):
+        parse_calls(text)
 
 
 def test_json_list_is_parallel_calls_and_string_arguments_are_decoded():
@@ -29,8 +45,8 @@ def test_python_call_syntax():
     assert calls[0].args == {"number": 5, "opts": {"fast": True}, "xs": [1, -2.0], "t": None}
 
 
-def test_python_several_calls_and_trailing_prose():
-    calls = parse_calls("[f(x=1), g(y='a')] and that is all")
+def test_python_several_calls():
+    calls = parse_calls("[f(x=1), g(y='a')]")
     assert [(c.name, c.args) for c in calls] == [("f", {"x": 1}), ("g", {"y": "a"})]
 
 

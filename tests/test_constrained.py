@@ -10,6 +10,7 @@ from langchain_core.messages import HumanMessage
 
 from fcagent import load_chat_model
 from fcagent.calls import calls_error, parse_calls
+from fcagent.prompting import assistant_text
 from fcagent.constrained import BACKENDS, Constrainer, call_schema
 from fcagent.errors import UserError
 
@@ -77,17 +78,17 @@ def test_constrained_replies_are_schema_valid_calls(tiny_model_dir, backend):
     assert not unconstrained.bind_tools([LIGHT, FAN]).invoke(question).tool_calls
     # ...constrained, its greedy and sampled replies all are.
     greedy = model.bind_tools([LIGHT, FAN]).invoke(question)
-    _assert_valid_call(greedy.content, [LIGHT, FAN])
-    assert greedy.tool_calls[0]["name"] in ("set_light", "set_fan")
+    _assert_valid_call(assistant_text(greedy), [LIGHT, FAN])
+    assert greedy.tool_calls[0]["name"] in ("set_light", "set_fan") and not greedy.invalid_tool_calls
     sampled = model.generate([question], tools=[LIGHT, FAN], n=3, temperature=1.0).generations[0]
     for g in sampled:
-        _assert_valid_call(g.message.content, [LIGHT, FAN])
+        _assert_valid_call(assistant_text(g.message), [LIGHT, FAN])
 
 
 def test_streamed_replies_are_constrained_too(tiny_model_dir):
     model = load_chat_model(str(tiny_model_dir), max_new_tokens=64, constrain="llguidance", response_prefix='{"name": "')
-    text = "".join(chunk.content for chunk in model.bind_tools([LIGHT]).stream([HumanMessage("hall light")]))
-    _assert_valid_call(text, [LIGHT])
+    (message,) = list(model.bind_tools([LIGHT]).stream([HumanMessage("hall light")]))
+    _assert_valid_call(assistant_text(message), [LIGHT])
 
 
 def test_replies_cut_at_the_token_limit_are_still_the_start_of_a_valid_call(tiny_model_dir, smol_dir):
@@ -98,19 +99,20 @@ def test_replies_cut_at_the_token_limit_are_still_the_start_of_a_valid_call(tiny
                             response_prefix='{"name": "')
     grammar = Constrainer(AutoTokenizer.from_pretrained(smol_dir), "llguidance")
     for g in model.generate([[HumanMessage("fly")]], tools=[AREA, FLIGHT], n=3, temperature=1.0).generations[0]:
-        complete = g.message.response_metadata["finish_reason"] == "stop"
-        assert grammar.accepts([AREA, FLIGHT], g.message.content, complete=complete), g.message.content
+        complete = g.message.response_metadata["finish_reason"] != "length"
+        text = assistant_text(g.message)
+        assert grammar.accepts([AREA, FLIGHT], text, complete=complete), text
 
 
 def test_batched_rows_each_follow_their_own_tools(tiny_model_dir):
     model = load_chat_model(str(tiny_model_dir), max_new_tokens=64, constrain="llguidance",
                             response_prefix='{"name": "')
-    model._overlap[0] = True  # a batch leader waits for the other threads' calls
+    model._batcher._overlap = True  # a batch leader waits for the other threads' calls
     jobs = [([LIGHT], "kitchen light on"), ([FAN], "fan to two"), ([LIGHT], "hall light off"), ([FAN], "fan max")]
     with ThreadPoolExecutor(max_workers=4) as pool:
         replies = list(pool.map(lambda job: model.bind_tools(job[0]).invoke([HumanMessage(job[1])]), jobs))
     for (tools, _), reply in zip(jobs, replies):
-        _assert_valid_call(reply.content, tools)
+        _assert_valid_call(assistant_text(reply), tools)
         assert reply.tool_calls[0]["name"] == tools[0]["function"]["name"]
 
 

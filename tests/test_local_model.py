@@ -6,7 +6,13 @@ from langchain_core.tools import tool
 
 from fcagent import build_agent_graph, get_task, load_chat_model
 from fcagent.errors import UserError
-from fcagent.local_model import to_chat_dicts
+from fcagent.generation import DecodeRequest
+from fcagent.local_model import reply_message, to_chat_dicts
+
+ADD_SCHEMA = [{"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
+
+
 
 
 @tool
@@ -31,8 +37,11 @@ def test_tiny_model_is_a_chat_model_with_usage_and_n_candidates(tiny):
 
 def test_shared_prefill_gives_the_same_greedy_output_as_separate_calls(tiny):
     prompt = tiny.render([HumanMessage("count to three")])
-    single, _, _ = tiny._sample(prompt, n=1, temperature=0.0, max_new_tokens=10, stop=None)
-    shared, _, _ = tiny._sample(prompt, n=3, temperature=0.0, max_new_tokens=10, stop=None)
+    import dataclasses
+
+    greedy = tiny.settings_for({"temperature": 0.0, "max_new_tokens": 10})
+    single = tiny.decode(DecodeRequest(prompt=prompt, settings=greedy)).texts
+    shared = tiny.decode(DecodeRequest(prompt=prompt, settings=dataclasses.replace(greedy, n=3))).texts  # still greedy
     assert shared == single * 3
 
 
@@ -44,10 +53,20 @@ def test_bind_tools_renders_tools_into_the_prompt_and_tool_results_as_observatio
     assert isinstance(bound.invoke([HumanMessage("2+3?")]), AIMessage)
 
 
-def test_reply_with_a_known_call_becomes_tool_calls(tiny):
-    msg = tiny._message('{"name": "add", "arguments": {"a": 1, "b": 2}}', [{"type": "function", "function": {"name": "add"}}])
+def test_reply_with_a_known_call_becomes_tool_calls_and_a_bad_one_invalid_tool_calls():
+    msg = reply_message('{"name": "add", "arguments": {"a": 1, "b": 2}}', ADD_SCHEMA)
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
-    assert tiny._message("plain words", [{"type": "function", "function": {"name": "add"}}]).tool_calls == []
+    assert msg.content == "" and msg.invalid_tool_calls == []
+    words = reply_message("plain words about add(a=1, b=2)", ADD_SCHEMA)  # prose is an answer, not a call
+    assert words.tool_calls == [] and words.invalid_tool_calls == [] and words.content.startswith("plain")
+    for text, error in [('{"name": "search", "arguments": {"q": 1}}', "unknown_function"),
+                        ('{"name": "add", "arguments": {"a": "one", "b": 2}}', "invalid_arguments"),
+                        ('{"name": "add", "arguments": {"a": 1, "b": 2, "c": 3}}', "invalid_arguments"),
+                        ('{"name": "add", "arguments": {"a": 1', "parse_error")]:
+        bad = reply_message(text, ADD_SCHEMA)
+        assert bad.tool_calls == [] and bad.content == text
+        (inv,) = bad.invalid_tool_calls
+        assert inv["error"].startswith(error) and inv["id"]
 
 
 def test_system_messages_merge_and_roles_map():
@@ -64,9 +83,26 @@ def test_same_graph_runs_the_tiny_model_in_both_protocols(tiny):
         assert out["steps"] >= 1 and out["verdict"]["success"] in (True, False)
 
 
-def test_streaming(tiny):
-    chunks = list(tiny.stream([HumanMessage("hi")]))
-    assert chunks and "".join(c.content for c in chunks) == tiny.invoke([HumanMessage("hi")]).content
+def test_streaming_callbacks_add_up_to_the_invoked_message(tiny):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self):
+            self.chunks = []
+
+        def on_llm_new_token(self, token, *, chunk=None, **kw):
+            self.chunks.append(chunk.message)
+
+    handler = Tokens()
+    invoked = tiny.invoke([HumanMessage("hi")])
+    streamed = tiny.invoke([HumanMessage("hi")], {"callbacks": [handler]})
+    assert len(handler.chunks) >= 2 and streamed.content == invoked.content
+    total = handler.chunks[0]
+    for c in handler.chunks[1:]:
+        total = total + c
+    assert total.content == invoked.content and total.id == streamed.id
+    (one,) = list(tiny.stream([HumanMessage("hi")]))  # .stream() yields the finished message whole
+    assert one.content == invoked.content
 
 
 def test_bad_specs_are_clear_errors(tmp_path):
@@ -100,14 +136,14 @@ def test_concurrent_calls_are_batched_and_match_one_at_a_time(tiny, monkeypatch)
     questions = ["hi", "count to three please", "what is two plus two, in words?", "name a colour"]
     alone = [tiny.invoke([HumanMessage(q)]).content for q in questions]
     batches: list[int] = []
-    original = LocalChatModel._generate_rows
+    original = LocalChatModel._run_batch
 
-    def spy(self, prompts, ns, **kw):
-        batches.append(len(prompts))
-        return original(self, prompts, ns, **kw)
+    def spy(self, requests):
+        batches.append(len(requests))
+        return original(self, requests)
 
-    monkeypatch.setattr(LocalChatModel, "_generate_rows", spy)
-    tiny._overlap[0] = True  # as after overlapping calls: a batch leader waits for the others
+    monkeypatch.setattr(LocalChatModel, "_run_batch", spy)
+    tiny._batcher._overlap = True  # as after overlapping calls: a batch leader waits for the others
     with ThreadPoolExecutor(max_workers=4) as pool:
         together = list(pool.map(lambda q: tiny.invoke([HumanMessage(q)]).content, questions))
     assert together == alone
@@ -115,10 +151,12 @@ def test_concurrent_calls_are_batched_and_match_one_at_a_time(tiny, monkeypatch)
 
 
 def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(tiny):
+    from fcagent.prefix_cache import PrefixCache
+
     model = tiny.model_copy()
-    model._prefix_caches = []  # its own cache list (a copy shares the original's otherwise)
-    uncached = tiny.model_copy(update={"prefix_cache_size": 0})
-    uncached._prefix_caches = []
+    model._prefix_cache = PrefixCache(8)  # its own cache (a copy shares the original's otherwise)
+    uncached = tiny.model_copy()
+    uncached._prefix_cache = PrefixCache(0)
     history = [HumanMessage("count to three")]
     first = model.invoke(history)
     follow = [*history, first, HumanMessage("and now to four")]
@@ -147,12 +185,20 @@ def test_batched_prompts_share_one_prefill_for_their_n_candidates(tiny, monkeypa
     positions and the repeated cache all line up)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import dataclasses
+
     prompts = [tiny.render([HumanMessage(q)]) for q in ("hi", "count to three please", "what is two plus two?")]
-    kw = {"temperature": 0.0, "max_new_tokens": 10, "stop": None}
-    alone = [tiny._sample(p, n=1, **kw)[0][0] for p in prompts]
-    tiny._overlap[0] = True
+    greedy = tiny.settings_for({"temperature": 0.0, "max_new_tokens": 10})
+    alone = [tiny.decode(DecodeRequest(prompt=p, settings=greedy)).texts[0] for p in prompts]
+    pairs = dataclasses.replace(greedy, n=2)  # two greedy copies per prompt
+    tiny._batcher._overlap = True
+
+    def two(p):
+        d = tiny.decode(DecodeRequest(prompt=p, settings=pairs))
+        return d.texts, d.prompt_tokens, d.completion_tokens
+
     with ThreadPoolExecutor(max_workers=3) as pool:
-        together = list(pool.map(lambda p: tiny._sample(p, n=2, **kw), prompts))
+        together = list(pool.map(two, prompts))
     for (texts, prompt_tokens, counts), single, prompt in zip(together, alone, prompts):
         assert texts == [single, single]
         assert prompt_tokens == len(tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -137,7 +137,7 @@ def test_store_from_a_newer_schema_is_refused_untouched(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO _migrations VALUES ('999_future', 0)")
     before = path.read_bytes()
-    with pytest.raises(StoreError, match="schema version 2 .*999_future.*reads version 1"):
+    with pytest.raises(StoreError, match="schema version 3 .*999_future.*reads version 2"):
         TraceStore(path)
     assert path.read_bytes() == before
 
@@ -151,5 +151,5 @@ def test_label_api_and_stats(tmp_path):
     assert store.stats()["labels_by_source"] == {"feedback:bad": 1}
     from fcagent.errors import UserError
 
-    with pytest.raises(UserError, match="neither an episode nor a completion"):
+    with pytest.raises(UserError, match="no episode or completion with id"):
         store.label("nope", True)
