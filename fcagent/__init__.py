@@ -7,12 +7,14 @@ from fcagent.graph import AgentState, build_agent_graph
 from fcagent.distill import distill
 from fcagent.evaluate import evaluate
 from fcagent.export import export_preference_pairs, export_sft
+from fcagent.feedback import read_feedback
 from fcagent.harvest import harvest
 from fcagent.middleware import StudentMiddleware, TraceMiddleware
 from fcagent.models import load_chat_model
 from fcagent.recorder import TraceRecorder
 from fcagent.redact import Redactor
 from fcagent.store import TraceStore
+from fcagent.records import Label, StepError
 from fcagent.tasks import Problem, Task, Verdict, get_task
 from fcagent.replay import replay
 from fcagent.teacher import ReferenceTeacher
@@ -23,10 +25,12 @@ __all__ = [
     "Call",
     "CallParseError",
     "Constrainer",
+    "Label",
     "Problem",
     "Redactor",
     "ReferenceTeacher",
     "RunFailure",
+    "StepError",
     "Task",
     "TraceMiddleware",
     "TraceRecorder",
@@ -51,6 +55,7 @@ __all__ = [
     "get_task",
     "load_chat_model",
     "parse_calls",
+    "read_feedback",
 ]
 
 __version__ = "0.1.0"

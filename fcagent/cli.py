@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fcagent import keys
 from fcagent.errors import UserError
 from fcagent.models import resolve_model
 from fcagent.store import DEFAULT_STORE, StoreError
@@ -25,6 +26,16 @@ console = Console()
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task spec: math, math:gsm8k, logic:prontoqa, bfcl:simple_python, ...")]
 StoreOpt = Annotated[Path, typer.Option("--store", help="Trace store (SQLite file).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the task data (default: ./data, ../shared/data, $FCAGENT_DATA).")]
+
+
+def _open_store(path: Path, *, create: bool = False) -> Any:
+    """The trace store at `path`; a command that only reads it refuses a missing file (rather than
+    creating an empty store and reporting 0 episodes)."""
+    from fcagent.store import TraceStore
+
+    if not create and not Path(path).exists():
+        raise UserError(f"`--store` {path} does not exist; record or harvest into it first")
+    return TraceStore(path)
 
 
 def _progress() -> Progress:
@@ -64,7 +75,7 @@ def run(task: TaskOpt = "math", model: Annotated[str, typer.Option(help="Model s
         console.print(f"verdict: {result.reason}  ({result.steps} steps, {result.wall_s:.1f} s)")
 
     results = run_problems(chat, t, problems, store=TraceStore(store) if store else None, protocol=protocol,
-                           max_steps=max_steps, on_result=show, metadata={"fcagent_model": model})
+                           max_steps=max_steps, on_result=show, metadata={keys.MODEL: model})
     right = sum(r.success for r in results)
     console.print(f"\n[bold]accuracy: {right}/{len(results)} = {right / max(1, len(results)):.1%}[/]  "
                   f"valid calls {sum(r.valid_calls for r in results)}/{sum(r.calls for r in results)}")
@@ -89,37 +100,47 @@ def harvest(task: TaskOpt = "math", teacher: Annotated[str, typer.Option(help="T
     console.print(summary)
 
 
-@traces_app.command("ls")
-def traces_ls(store: StoreOpt = Path(DEFAULT_STORE), limit: int = 20, task: Optional[str] = None) -> None:
-    """List the newest episodes."""
-    from fcagent.store import TraceStore
+def _short_ids(ids: list[str], store: Any) -> dict[str, str]:
+    """The shortest prefix (8+ characters) of each id that no other episode or call shares."""
+    out = {}
+    for full in ids:
+        for length in range(8, len(full) + 1):
+            try:
+                if store.resolve_id(full[:length]) == full:
+                    out[full] = full[:length]
+                    break
+            except UserError:
+                continue
+        else:
+            out[full] = full
+    return out
 
-    s = TraceStore(store)
-    episodes = list(s.episodes(task=task))[-limit:]
-    table = Table("episode", "task", "problem", "model", "status", "verdict", "steps")
-    for ep in episodes:
-        verdict = ep.outputs.get("verdict") or {}
-        table.add_row(ep.id[:13], ep.task or "-", ep.problem_id or "-", ep.model or "-", ep.status,
-                      ("good" if verdict.get("success") else "bad") if verdict else "-", str(ep.outputs.get("steps", "-")))
+
+@traces_app.command("ls")
+def traces_ls(store: StoreOpt = Path(DEFAULT_STORE), limit: Annotated[int, typer.Option(min=1, help="Newest N episodes.")] = 20,
+              task: Optional[str] = None) -> None:
+    """List the newest episodes: an id prefix `label` and `show` accept, the question, the verdict."""
+    s = _open_store(store)
+    rows = s.summaries(limit=limit, task=task)
+    short = _short_ids([r["id"] for r in rows], s)
+    table = Table("episode", "question", "model", "status", "verdict", "steps")
+    for r in rows:
+        verdict = "-" if r["verdict"] is None else f"{'good' if r['verdict'] else 'bad'} ({r['verdict_source']})"
+        question = " ".join((r["question"] or r["problem_id"] or "-").split())
+        table.add_row(short[r["id"]], question[:60] + ("…" if len(question) > 60 else ""), r["model"] or "-",
+                      r["status"], verdict, str(r["steps"] if r["steps"] is not None else "-"))
     console.print(table)
 
 
 @traces_app.command("show")
 def traces_show(episode_id: Annotated[Optional[str], typer.Argument(help="Episode id or prefix; default the latest.")] = None,
                 store: StoreOpt = Path(DEFAULT_STORE)) -> None:
-    """Show an episode as a chat transcript with its labels."""
-    from fcagent.store import TraceStore
-
-    s = TraceStore(store)
+    """Show an episode as a chat transcript, with the id of every model call and the labels."""
+    s = _open_store(store)
     if episode_id is None:
         episode_id = s.latest_episode_id()
         if episode_id is None:
             raise UserError(f"{store} has no episodes yet")
-    elif len(episode_id) < 36:
-        matches = [e.id for e in s.episodes() if e.id.startswith(episode_id)]
-        if len(matches) != 1:
-            raise UserError(f"episode prefix {episode_id!r} matches {len(matches)} episodes")
-        episode_id = matches[0]
     tr = s.trace(episode_id)
     ep = tr.episode
     console.rule(f"episode {ep.id}")
@@ -130,14 +151,21 @@ def traces_show(episode_id: Annotated[Optional[str], typer.Argument(help="Episod
     for i, c in enumerate(tr.completions):
         history = c.messages if i == 0 else c.messages[len(tr.completions[i - 1].messages) + 1:]
         for m in history:
-            console.print(f"[dim]{m.role}:[/] {(m.content or json.dumps(m.tool_calls))[:1500]}")
+            console.print(f"[dim]{m.role}:[/] {(m.content or json.dumps(m.tool_calls))[:1500]}", markup=False)
         for j, cand in enumerate(c.candidates):
             body = cand.message.content or json.dumps(cand.message.tool_calls)
-            tag = "".join(f" [{'green' if lb.success else 'red'}]{lb.source}: {lb.reason}[/]"
+            tag = "".join(f" [{'green' if lb.success else 'red'}]{lb.source}: {_escape(lb.reason)}[/]"
                           for lb in labels.get(c.id, []) if lb.candidate in (None, j))
-            console.print(f"[bold cyan]assistant{f' #{j}' if len(c.candidates) > 1 else ''}:[/] {body[:1500]}{tag}")
+            console.print(f"[bold cyan]assistant{f' #{j}' if len(c.candidates) > 1 else ''}[/] [dim](call {c.id}, "
+                          f"{_escape(c.model or '?')})[/]: {_escape(body[:1500])}{tag}")
     for lb in labels.get(ep.id, []):
-        console.print(f"[{'green' if lb.success else 'red'}]episode label ({lb.source}): {lb.reason}[/]")
+        console.print(f"[{'green' if lb.success else 'red'}]episode label ({lb.source}): {_escape(lb.reason)}[/]")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 @traces_app.command("stats")
@@ -145,7 +173,7 @@ def traces_stats(store: StoreOpt = Path(DEFAULT_STORE)) -> None:
     """Counts by label, task and model."""
     from fcagent.store import TraceStore
 
-    console.print_json(json.dumps(TraceStore(store).stats()))
+    console.print_json(json.dumps(_open_store(store).stats()))
 
 
 @traces_app.command("export")
@@ -155,7 +183,7 @@ def traces_export(out: Path, store: StoreOpt = Path(DEFAULT_STORE),
     from fcagent.redact import Redactor
     from fcagent.store import TraceStore
 
-    n = TraceStore(store).export_jsonl(out, redactor=Redactor() if redact else None)
+    n = _open_store(store).export_jsonl(out, redactor=Redactor() if redact else None)
     console.print(f"wrote {n} episodes to {out}")
 
 
@@ -164,7 +192,7 @@ def traces_import(path: Path, store: StoreOpt = Path(DEFAULT_STORE)) -> None:
     """Add the episodes of a JSONL export (idempotent)."""
     from fcagent.store import TraceStore
 
-    added, present = TraceStore(store).import_jsonl(path)
+    added, present = _open_store(store, create=True).import_jsonl(path)
     console.print(f"added {added} episodes, {present} were already present")
 
 
@@ -178,13 +206,27 @@ def traces_import_langsmith(project: Annotated[str, typer.Option(help="LangSmith
 
 
 @traces_app.command("label")
-def traces_label(target_id: str, success: Annotated[bool, typer.Option("--good/--bad")], reason: str = "",
-                 source: str = "user", store: StoreOpt = Path(DEFAULT_STORE)) -> None:
-    """Label an episode or completion good or bad (human or production feedback)."""
-    from fcagent.store import TraceStore
+def traces_label(target_ids: Annotated[Optional[list[str]], typer.Argument(help="Episode or call ids (unique prefixes do).")] = None,
+                 success: Annotated[Optional[bool], typer.Option("--good/--bad", help="The verdict for the ids given.")] = None,
+                 reason: str = "", source: Annotated[str, typer.Option(help="Who labelled (feedback, user, a reviewer's name).")] = "user",
+                 file: Annotated[Optional[Path], typer.Option("--file", help="JSONL or CSV rows of {id, label, reason}: many labels in one go.")] = None,
+                 store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Label episodes or model calls good or bad (a user's thumbs up/down, a reviewer's verdict)."""
+    from fcagent.feedback import read_feedback
+    from fcagent.records import Label
 
-    TraceStore(store).label(target_id, success, reason, source)
-    console.print("labelled")
+    if file is not None and (target_ids or success is not None):
+        raise UserError("give ids with --good/--bad, or --file, not both")
+    if file is None and (not target_ids or success is None):
+        raise UserError("give one or more ids and --good or --bad (or --file feedback.jsonl)")
+    s = _open_store(store)
+    if file is not None:
+        labels = read_feedback(file, source=source if source != "user" else "feedback")
+    else:
+        labels = [Label(target_id=t, success=bool(success), reason=reason, source=source) for t in target_ids or []]
+    written = s.label_many(labels)
+    good = sum(lb.success for lb in written)
+    console.print(f"labelled {len(written)} ({good} good, {len(written) - good} bad)")
 
 
 @app.command("export")
@@ -194,13 +236,15 @@ def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")
                level: Annotated[str, typer.Option(help="step, trajectory or both.")] = "both",
                teacher_student: Annotated[bool, typer.Option(help="Include teacher-vs-student pairs.")] = True,
                task: Annotated[Optional[str], typer.Option(help="Only this task family.")] = None,
+               unlabelled: Annotated[str, typer.Option(help="Episodes nobody labelled: skip, or take them as good.")] = "skip",
                max_pairs_per_context: int = 4, max_pairs_per_problem: int = 16, seed: int = 0,
                redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
                dataset: Annotated[bool, typer.Option(help="Also write a datasets.Dataset (save_to_disk).")] = True) -> None:
     """Export labelled traces as DPO pairs or SFT rows in TRL's conversational format."""
     from fcagent.export import export_preference_pairs, export_sft, load_pairs
 
-    settings = dict(level=level, teacher_student=teacher_student, task=task, max_pairs_per_context=max_pairs_per_context,
+    settings = dict(level=level, teacher_student=teacher_student, task=task, unlabelled=unlabelled,
+                    max_pairs_per_context=max_pairs_per_context,
                     max_pairs_per_problem=max_pairs_per_problem, seed=seed, redact=redact)
     result = (export_preference_pairs if kind == "dpo" else export_sft)(store, out, **settings)
     if dataset:

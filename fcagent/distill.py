@@ -95,6 +95,7 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     from fcagent.models import load_chat_model
     from fcagent.replay import replay
     from fcagent.tasks import get_task
+    from fcagent.models import RUN_MANIFEST
     from fcagent.train import WARM_STARTED, TrainSettings, train
 
     if isinstance(preset, str) and preset not in PRESETS:
@@ -165,7 +166,7 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                             max_steps=settings.sft_max_steps if sft_like else settings.max_steps,
                             learning_rate=settings.learning_rate, batch_size=batch, grad_accum=accum,
                             sft_epochs=settings.sft_epochs,
-                            warm_start=str(warm) if method in WARM_STARTED and (warm / "fcagent_run.json").exists() else None)
+                            warm_start=str(warm) if method in WARM_STARTED and (warm / RUN_MANIFEST).exists() else None)
         return train(out / folder, student, run_dir, settings=cfg).model_dump(mode="json")
 
     runs: dict[str, Path] = {}

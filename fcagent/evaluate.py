@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from fcagent import keys
 from fcagent.models import resolve_model
 from fcagent.runner import EpisodeResult, run_problems
 from fcagent.tasks import get_task
@@ -134,7 +135,7 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
         workers = concurrency or (8 if (max_steps or t.max_steps) == 1 else 1)
         results = run_problems(chat, t, problems, protocol=protocol, max_steps=max_steps, on_result=tick,
                                concurrency=workers,
-                               metadata={"fcagent_model": spec, "fcagent_role": "eval"})
+                               metadata={keys.MODEL: spec, keys.ROLE: keys.Role.EVAL.value})
         if progress is not None:
             progress.stop()
         cache.write_text("".join(r.model_dump_json(exclude={"transcript"}) + "\n" for r in results))

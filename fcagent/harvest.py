@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fcagent import keys
 from fcagent.models import resolve_model
 from fcagent.runner import run_problems, with_sampling
 from fcagent.store import TraceStore, open_store
@@ -48,7 +49,7 @@ def harvest(*, task: str, teacher: str = "reference", samples: int = 1, temperat
 
     try:
         run_problems(chat, t, problems, store=trace_store, protocol=protocol, concurrency=concurrency,
-                     metadata={"fcagent_model": teacher, "fcagent_role": role, "fcagent_samples": samples},
+                     metadata={keys.MODEL: teacher, keys.ROLE: role, keys.SAMPLES: samples},
                      on_result=tick)
     finally:
         if progress is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["PROTOCOL", "STEP", "TOOLS", "PROBLEM_ID", "TASK", "SPLIT", "MODEL", "ROLE", "SAMPLES", "REPLAYED",
+__all__ = ["PROTOCOL", "STEP", "TOOLS", "PROBLEM_ID", "TASK", "SPLIT", "MODEL", "ROLE", "SAMPLES", "REPLAYED", "EPISODE_ID",
            "Role", "STUDENT_ROLES", "sql_list"]
 
 PROTOCOL = "fcagent_protocol"  # "native" | "text": how the graph talks to the model
@@ -23,6 +23,7 @@ MODEL = "fcagent_model"  # the model spec that produced an episode (what `harves
 ROLE = "fcagent_role"  # a `Role`
 SAMPLES = "fcagent_samples"
 REPLAYED = "fcagent_replayed"  # the completion id a replayed student call answers
+EPISODE_ID = "fcagent_episode_id"  # the agent-state key TraceMiddleware puts the episode id under
 
 
 class Role(StrEnum):
@@ -32,6 +33,7 @@ class Role(StrEnum):
     STUDENT = "student"
     STUDENT_REPLAY = "student-replay"  # the student answering a teacher's context (`fcagent replay`)
     STUDENT_ESCALATED = "student-escalated"  # a StudentMiddleware step the teacher had to redo
+    EVAL = "eval"  # a model under evaluation (`fcagent eval`)
 
 
 STUDENT_ROLES: tuple[str, ...] = (Role.STUDENT.value, Role.STUDENT_REPLAY.value, Role.STUDENT_ESCALATED.value)

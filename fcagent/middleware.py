@@ -13,6 +13,7 @@ Sync and async hooks share every decision (`_record_call`, `_route`): only the a
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -34,9 +35,9 @@ from fcagent.recorder import episode_from_buffer
 from fcagent.store import StoreWriteError, TraceStore, open_store
 
 __all__ = ["TraceMiddleware", "StudentMiddleware", "TracedState", "student_failure", "EPISODE_ID_KEY",
-           "grounded_answer"]
+           "grounded_answer", "repeated_call"]
 
-EPISODE_ID_KEY = "fcagent_episode_id"
+EPISODE_ID_KEY = keys.EPISODE_ID
 _KEEP_ERRORED = 64  # buffers of runs that raised, stored already, kept in case an outer retry goes on
 
 
@@ -287,6 +288,22 @@ def student_failure(message: Any, tools: list[dict[str, Any]], *, require_call: 
     return calls_error([{"name": c["name"], "args": c.get("args") or {}} for c in message.tool_calls], tools)
 
 
+def repeated_call(messages: list[Any], reply: AIMessage) -> StepError | None:
+    """A call the agent already made with the same arguments since the user's last message: a small
+    model going round in circles (its context grows until the step limit or the model's length)."""
+    earlier = set()
+    for m in reversed(messages):
+        if isinstance(m, HumanMessage):
+            break
+        if isinstance(m, AIMessage):
+            earlier |= {(c["name"], json.dumps(c.get("args") or {}, sort_keys=True)) for c in m.tool_calls}
+    for c in reply.tool_calls:
+        if (c["name"], json.dumps(c.get("args") or {}, sort_keys=True)) in earlier:
+            return StepError(kind="repeated_call", detail=f"{c['name']} was already called with these arguments",
+                             call=c["name"])
+    return None
+
+
 _JUDGE_PROMPT = ("You check an assistant's final answer. Reply with only YES if the answer follows from the "
                  "conversation (the user's request and the tool results), or NO: <why> if it does not.")
 
@@ -301,7 +318,8 @@ class StudentMiddleware(AgentMiddleware):
     fails validation the same request goes to the teacher (the agent's own model, or `teacher=`),
     and both replies are stored as a teacher-vs-student preference pair for the next training round.
 
-    A call fails when it cannot be read, names an unknown function or has schema-invalid arguments.
+    A call fails when it cannot be read, names an unknown function, has schema-invalid arguments or
+    repeats a call already made in this turn (`repeated_call`: a small model's loop).
     An answer in words is checked by `validate`:
 
     * `"grounded"` (default): accepted where a tool result of this turn came before it, or no tools
@@ -351,7 +369,9 @@ class StudentMiddleware(AgentMiddleware):
         if reply is None:
             return StepError(kind="no_call", detail="the student returned no message")
         why = student_failure(reply, tools, require_call=self.require_call)
-        if why is None and not reply.tool_calls:
+        if why is None and reply.tool_calls:
+            why = repeated_call(list(request.messages), reply)
+        elif why is None:
             why = self._judge_text(_request_messages(request), reply, tools)
         return why
 

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field, model_validator
 __all__ = ["MessageRecord", "Candidate", "Completion", "ToolRun", "Label", "Episode", "EpisodeTrace", "StepError",
            "StepErrorKind", "message_record", "to_langchain", "context_hash"]
 
-StepErrorKind = Literal["parse_error", "no_call", "unknown_function", "invalid_arguments", "tool_error", "timeout"]
+StepErrorKind = Literal["parse_error", "no_call", "unknown_function", "invalid_arguments", "repeated_call", "tool_error",
+                        "timeout"]
 
 
 class StepError(BaseModel):
@@ -25,7 +26,8 @@ class StepError(BaseModel):
 
     `parse_error`: the reply should have been a call and is not readable as one; `no_call`: a
     text-protocol reply without a call; `unknown_function` / `invalid_arguments`: a call that does not
-    fit the offered tools; `tool_error` / `timeout`: the call ran and failed.
+    fit the offered tools; `repeated_call`: the same call again in one turn (a small model's loop);
+    `tool_error` / `timeout`: the call ran and failed.
     """
 
     kind: StepErrorKind

@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from fcagent import keys
 from fcagent.calls import format_calls
 from fcagent.errors import UserError
 from fcagent.prompting import tool_schemas
@@ -60,7 +61,7 @@ class ReferenceTeacher(BaseChatModel):
 
     def _find(self, messages: list[BaseMessage], metadata: dict[str, Any]) -> Problem:
         # fcagent's graph names the problem in the run metadata; other agents are matched by question.
-        by_id = self._by_id.get(metadata.get("fcagent_problem_id", ""))
+        by_id = self._by_id.get(metadata.get(keys.PROBLEM_ID, ""))
         if by_id is not None:
             return by_id
         for m in messages:

@@ -27,11 +27,11 @@ from pydantic import BaseModel, Field
 
 from fcagent.errors import UserError
 from fcagent.export import ExportError, load_pairs
+from fcagent.models import RUN_MANIFEST
 
 __all__ = ["LoraSettings", "TrainSettings", "TrainResult", "train", "train_dpo", "train_sft", "RUN_MANIFEST",
            "adapter_digest"]
 
-RUN_MANIFEST = "fcagent_run.json"
 Method = Literal["dpo", "sft", "rpo", "sft-dpo", "sft-rpo"]
 WARM_STARTED = ("sft-dpo", "sft-rpo")
 

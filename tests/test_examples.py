@@ -15,3 +15,14 @@ def test_quickstart_records_both_models_and_exports_pairs(tmp_path, data_dir, sm
     assert sum(line.startswith("student") for line in lines) == 6
     assert (tmp_path / "sft" / "sft.jsonl").stat().st_size > 0
     assert "SFT rows: 6" in proc.stdout
+
+
+def test_own_agent_records_labels_exports_trains_and_swaps_back(tmp_path, smol_dir):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "own_agent.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "recorded 11 episodes" in out
+    assert "SFT rows: 15, DPO pairs: 3 ({'final reply of an episode labelled bad': 3})" in out
+    assert "trained sft: 3 steps" in out and (tmp_path / "student" / "fcagent_run.json").exists()
+    assert "student + escalation: 'We have 40 units of SKU-4.'" in out
