@@ -59,3 +59,37 @@ def test_import_runs_and_feedback_idempotently(tmp_path):
     assert trace.episode.metadata["user"] == "u1"
     again = import_langsmith(store, project="prod-agent", client=client)
     assert again["episodes_added"] == 0 and store.count() == 1 and store.count("labels") == 1
+
+
+def test_tool_outputs_are_their_content_and_a_tool_error_labels_its_call(tmp_path):
+    from langchain_core.messages import ToolMessage
+
+    runs, _ = make_runs()
+    root, llm, tool = runs
+    tool.outputs = {"output": dumpd(ToolMessage("no such city", tool_call_id="c1", status="error", name="get_weather"))}
+    final = Run(id=uuid.uuid4(), trace_id=root.id, parent_run_id=root.id, name="ChatOpenAI", run_type="llm",
+                start_time=tool.end_time, end_time=tool.end_time + dt.timedelta(seconds=1),
+                inputs={"messages": [[dumpd(HumanMessage("weather in Oslo?"))]]},
+                outputs={"generations": [[{"text": "Sorry.", "type": "ChatGeneration", "message": dumpd(AIMessage("Sorry."))}]]},
+                extra={"invocation_params": {"model": "gpt-4.1"}})
+    store = TraceStore(tmp_path / "t.db")
+    import_langsmith(store, project="prod-agent", client=FakeClient([root, llm, tool, final], []))
+    (trace,) = list(store.traces())
+    (run,) = trace.tool_runs
+    assert run.output is None or "ToolMessage" not in (run.output or "")
+    assert run.error == "no such city" and run.tool_call_id == "c1"
+    (tool_label,) = [lb for lb in trace.labels if lb.source == "tool"]
+    assert tool_label.target_id == str(llm.id) and tool_label.kind == "tool_error"
+    # the final answer in words is an answer, not a parse error
+    assert trace.completions[-1].candidates[0].error is None
+
+
+def test_without_a_key_nothing_is_contacted(tmp_path, monkeypatch):
+    import pytest
+
+    from fcagent.errors import UserError
+
+    monkeypatch.delenv("LANGSMITH_API_KEY", raising=False)
+    monkeypatch.delenv("LANGCHAIN_API_KEY", raising=False)
+    with pytest.raises(UserError, match="LANGSMITH_API_KEY"):
+        import_langsmith(tmp_path / "t.db", project="p")
