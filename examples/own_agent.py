@@ -53,7 +53,7 @@ tools = [check_stock, reserve, opening_hours]
 
 
 def calls(name: str, **args) -> AIMessage:
-    return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": "x"}])
+    return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": None}])  # ids: fresh per reply
 
 
 # The stand-in for your large model: each request's replies, step by step.

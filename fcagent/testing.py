@@ -21,8 +21,8 @@ class ScriptedChatModel(BaseChatModel):
 
     `responses` may instead map a question to its own replies, one per step of that conversation
     (the assistant turns since the question's last user message count the step): a stand-in for a
-    large model in an agent's tests, the same request always answered the same way. Tool-call ids
-    are fresh on every reply, as a real model's are.
+    large model in an agent's tests, the same request always answered the same way. A call scripted
+    without an id gets a fresh one on every reply, as a real model's would.
 
     Supports `bind_tools` (tools are recorded in `seen_tools`), so it drives the native protocol;
     with `native=False` it refuses `bind_tools` like a model without tool calling.
@@ -67,6 +67,6 @@ class ScriptedChatModel(BaseChatModel):
             reply = self.responses[min(self._i, len(self.responses) - 1)]
             self._i += 1
         message = AIMessage(content=reply) if isinstance(reply, str) else reply.model_copy(deep=True)
-        if message.tool_calls:
-            message.tool_calls = [{**c, "id": f"call_{uuid.uuid4().hex[:8]}"} for c in message.tool_calls]
+        if message.tool_calls:  # a call scripted without an id gets a fresh one, as a real model's would
+            message.tool_calls = [{**c, "id": c.get("id") or f"call_{uuid.uuid4().hex[:8]}"} for c in message.tool_calls]
         return ChatResult(generations=[ChatGeneration(message=message)])
