@@ -118,15 +118,19 @@ def _short_ids(ids: list[str], store: Any) -> dict[str, str]:
 
 @traces_app.command("ls")
 def traces_ls(store: StoreOpt = Path(DEFAULT_STORE), limit: Annotated[int, typer.Option(min=1, help="Newest N episodes.")] = 20,
-              task: Optional[str] = None) -> None:
+              task: Optional[str] = None,
+              raw: Annotated[bool, typer.Option("--raw", help="Print questions as stored (redacted by default).")] = False) -> None:
     """List the newest episodes: an id prefix `label` and `show` accept, the question, the verdict."""
+    from fcagent.redact import Redactor
+
+    clean = (lambda text: text) if raw else Redactor().redact
     s = _open_store(store)
     rows = s.summaries(limit=limit, task=task)
     short = _short_ids([r["id"] for r in rows], s)
     table = Table("episode", "question", "model", "status", "verdict", "steps")
     for r in rows:
         verdict = "-" if r["verdict"] is None else f"{'good' if r['verdict'] else 'bad'} ({r['verdict_source']})"
-        question = " ".join((r["question"] or r["problem_id"] or "-").split())
+        question = " ".join(clean(r["question"] or r["problem_id"] or "-").split())
         table.add_row(short[r["id"]], question[:60] + ("…" if len(question) > 60 else ""), r["model"] or "-",
                       r["status"], verdict, str(r["steps"] if r["steps"] is not None else "-"))
     console.print(table)
@@ -134,8 +138,12 @@ def traces_ls(store: StoreOpt = Path(DEFAULT_STORE), limit: Annotated[int, typer
 
 @traces_app.command("show")
 def traces_show(episode_id: Annotated[Optional[str], typer.Argument(help="Episode id or prefix; default the latest.")] = None,
-                store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+                store: StoreOpt = Path(DEFAULT_STORE),
+                raw: Annotated[bool, typer.Option("--raw", help="Print secrets and personal data as stored (redacted by default).")] = False) -> None:
     """Show an episode as a chat transcript, with the id of every model call and the labels."""
+    from fcagent.redact import Redactor
+
+    clean = (lambda text: text) if raw else Redactor().redact
     s = _open_store(store)
     if episode_id is None:
         episode_id = s.latest_episode_id()
@@ -151,15 +159,15 @@ def traces_show(episode_id: Annotated[Optional[str], typer.Argument(help="Episod
     for i, c in enumerate(tr.completions):
         history = c.messages if i == 0 else c.messages[len(tr.completions[i - 1].messages) + 1:]
         for m in history:
-            console.print(f"[dim]{m.role}:[/] {(m.content or json.dumps(m.tool_calls))[:1500]}", markup=False)
+            console.print(f"{m.role}: {clean(m.content or json.dumps(m.tool_calls))[:1500]}", markup=False)
         for j, cand in enumerate(c.candidates):
-            body = cand.message.content or json.dumps(cand.message.tool_calls)
-            tag = "".join(f" [{'green' if lb.success else 'red'}]{lb.source}: {_escape(lb.reason)}[/]"
+            body = clean(cand.message.content or json.dumps(cand.message.tool_calls))
+            tag = "".join(f" [{'green' if lb.success else 'red'}]{lb.source}: {_escape(clean(lb.reason))}[/]"
                           for lb in labels.get(c.id, []) if lb.candidate in (None, j))
             console.print(f"[bold cyan]assistant{f' #{j}' if len(c.candidates) > 1 else ''}[/] [dim](call {c.id}, "
                           f"{_escape(c.model or '?')})[/]: {_escape(body[:1500])}{tag}")
     for lb in labels.get(ep.id, []):
-        console.print(f"[{'green' if lb.success else 'red'}]episode label ({lb.source}): {_escape(lb.reason)}[/]")
+        console.print(f"[{'green' if lb.success else 'red'}]episode label ({lb.source}): {_escape(clean(lb.reason))}[/]")
 
 
 def _escape(text: str) -> str:

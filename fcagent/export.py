@@ -45,7 +45,6 @@ import hashlib
 import json
 import os
 import random
-import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -222,50 +221,25 @@ def _judge(row: dict[str, Any], settings: ExportSettings) -> list[Judgement]:
     return out
 
 
-_GROUP_SQL = """
-SELECT c.id, c.episode_id, c.context_hash, c.protocol, c.messages, c.tools, c.candidates,
-       e.task, e.problem_id, e.split, json_extract(e.metadata, '$.{role_key}') AS role,
-       c.seq = (SELECT MAX(c2.seq) FROM completions c2 WHERE c2.episode_id = c.episode_id) AS is_last,
-       (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS ep_success,
-       (SELECT json_group_array(json_object('candidate', l.candidate, 'success', l.success, 'reason', l.reason,
-                                            'source', l.source, 'kind', l.kind))
-          FROM (SELECT * FROM labels WHERE target_id = c.id ORDER BY id) l) AS labels
-FROM completions c JOIN episodes e ON e.id = c.episode_id
-WHERE e.status = 'complete' {task_filter}
-ORDER BY c.context_hash, e.started_at, c.seq
-"""
-
-
 def _groups(store: TraceStore, settings: ExportSettings, dropped: Counter) -> Iterator[list[dict[str, Any]]]:
-    """Completions grouped by context, streamed from SQLite in context order (flat memory)."""
-    conn = sqlite3.connect(store.path, timeout=60)
-    conn.row_factory = sqlite3.Row
-    params: tuple = ()
-    task_filter = ""
-    if settings.task:
-        task_filter, params = "AND e.task = ?", (settings.task,)
-    try:
-        cur = conn.execute(_GROUP_SQL.format(task_filter=task_filter, role_key=keys.ROLE), params)
-        group: list[dict[str, Any]] = []
-        while rows := cur.fetchmany(500):
-            for r in rows:
-                row = dict(r)
-                split = row["split"] or (split_of(row["problem_id"]) if row["problem_id"] else None)
-                if split in settings.exclude_splits:
-                    dropped[f"{split} split (never exported)"] += 1
-                    continue
-                if group and group[0]["context_hash"] != row["context_hash"]:
-                    yield group
-                    group = []
-                group.append(row)
-        if group:
+    """Completions grouped by context, streamed from the store in context order (flat memory)."""
+    group: list[dict[str, Any]] = []
+    for row in store.calls_by_context(task=settings.task):
+        split = row["split"] or (split_of(row["problem_id"]) if row["problem_id"] else None)
+        if split in settings.exclude_splits:
+            dropped[f"{split} split (never exported)"] += 1
+            continue
+        if group and group[0]["context_hash"] != row["context_hash"]:
             yield group
-    finally:
-        conn.close()
+            group = []
+        group.append(row)
+    if group:
+        yield group
 
 
-def _student_view(row: dict[str, Any]) -> list[dict[str, Any]]:
-    messages = [to_langchain(m) for m in json.loads(row["messages"])]
+def _student_view(row: dict[str, Any], store: TraceStore) -> list[dict[str, Any]]:
+    (stored,) = store.messages_of([row])
+    messages = [to_langchain(m) for m in stored]
     tools = json.loads(row["tools"])
     if row["protocol"] != "text" and tools:  # what LocalChatModel.render puts in front of native calls
         messages = [SystemMessage(render_system_prompt(tools)), *messages]
@@ -280,7 +254,7 @@ class _Bad(BaseModel):
 
 
 def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reasons: Counter,
-                     dropped: Counter) -> tuple[list[PreferencePair], list[SftRow]]:
+                     dropped: Counter, store: TraceStore) -> tuple[list[PreferencePair], list[SftRow]]:
     good: dict[str, tuple[str, dict]] = {}
     bad: dict[str, _Bad] = {}
     diverged: list[tuple[str, str, Judgement, dict]] = []
@@ -317,7 +291,7 @@ def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reas
     sft = []
     prompt = None
     if good:
-        prompt = _student_view(base)
+        prompt = _student_view(base, store)
         sft = [SftRow(messages=[*prompt, {"role": "assistant", "content": text}], tools=tools_json,
                       task=row["task"], problem_id=row["problem_id"], context_hash=base["context_hash"])
                for text, row in good.values()]
@@ -410,14 +384,12 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
 
     with spool.open("w", encoding="utf-8") as f:
         for group in _groups(trace_store, settings, dropped):
-            pairs, sft = _pairs_for_group(group, settings, reasons, dropped)
+            pairs, sft = _pairs_for_group(group, settings, reasons, dropped, trace_store)
             rows = pairs if kind == "dpo" else sft
             for row in rows:
                 data = row.model_dump()
-                if redactor is not None:
-                    for key in ("prompt", "chosen", "rejected", "messages", "tools"):
-                        if key in data:
-                            data[key] = redactor.redact_value(data[key])
+                if redactor is not None:  # every field: messages, tool arguments, reasons, ids alike
+                    data = redactor.redact_value(data)
                 identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
                                        data.get("rejected")], sort_keys=True)
                 # A digest, not the row: the dedup set then costs ~100 bytes a row (flat memory).
@@ -465,6 +437,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
              "prompt_length": summary(lengths["prompt"]), "completion_length": summary(lengths["completion"]),
              "settings": settings.model_dump(mode="json"), "store": str(trace_store.path)}
     if redactor is not None:
+        stats = redactor.redact_value(stats)  # rejected reasons quote tool errors, which may quote secrets
         stats["redacted"] = dict(redactor.counts)
     write_jsonl_atomic(out_dir / f"stats.{kind}.json", iter([stats]))  # one line: a plain JSON object
     return ExportResult(path=path, rows=n, stats=stats)

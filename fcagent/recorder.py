@@ -24,6 +24,7 @@ from fcagent.calls import CallParseError, calls_error, parse_calls
 from fcagent.errors import UserError
 from fcagent.prompting import tool_schemas
 from fcagent.records import StepError, context_hash, message_record
+from fcagent.redact import Redactor
 from fcagent.store import StoreWriteError, TraceStore, open_store
 
 __all__ = ["TraceRecorder", "episode_from_buffer", "normalize_tools", "MAX_TOOL_OUTPUT_CHARS"]
@@ -31,21 +32,28 @@ __all__ = ["TraceRecorder", "episode_from_buffer", "normalize_tools", "MAX_TOOL_
 log = logging.getLogger("fcagent")
 
 MAX_TOOL_OUTPUT_CHARS = 200_000  # a tool's output is stored in full up to this size
-_SECRET_PARAM = re.compile(r"api_?key|secret|password|token$|^token|authori[sz]ation|credential|headers|cookie", re.I)
-_KEEP_PARAM = {"max_tokens", "max_new_tokens", "max_completion_tokens", "top_logprobs"}
+# Parameter names that may hold a credential: never stored, whatever the value looks like.
+_SECRET_PARAM = re.compile(r"api[_\-]?key|secret|passw|pwd|token|auth|bearer|session|credential|header|cookie|"
+                           r"signature|private|^key$|[_\-]key$", re.I)
+_KEEP_PARAM = re.compile(r"^(?:max|min|num)_\w*tokens$|^top_logprobs$")  # counts, not credentials
 _TOOL_PARAM_KEYS = ("tools", "functions")  # where providers' bind_tools put the schemas
+_PARAM_REDACTOR = Redactor()
 
 
 def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Invocation params without tools (stored apart) and without anything that may be a credential."""
+    """Invocation params without tools (stored apart) and without anything that may be a credential:
+    secret-ish names are dropped, and the values left are redacted by pattern (a key inside a
+    `base_url`, a token passed under an innocent name)."""
     out = {}
     for k, v in params.items():
-        if k in _TOOL_PARAM_KEYS or (_SECRET_PARAM.search(k) and k not in _KEEP_PARAM):
+        if k in _TOOL_PARAM_KEYS or (_SECRET_PARAM.search(k) and not _KEEP_PARAM.match(k)):
             continue
-        if isinstance(v, str | int | float | bool) or v is None:
+        if isinstance(v, str):
+            out[k] = _PARAM_REDACTOR.redact(v)
+        elif isinstance(v, int | float | bool) or v is None:
             out[k] = v
         elif isinstance(v, list | tuple) and all(isinstance(x, str | int | float) for x in v):
-            out[k] = list(v)
+            out[k] = [_PARAM_REDACTOR.redact(x) if isinstance(x, str) else x for x in v]
     return out
 
 

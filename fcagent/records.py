@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, Field, model_validator
 
 __all__ = ["MessageRecord", "Candidate", "Completion", "ToolRun", "Label", "Episode", "EpisodeTrace", "StepError",
-           "StepErrorKind", "message_record", "to_langchain", "context_hash"]
+           "StepErrorKind", "message_record", "to_langchain", "context_hash", "bounded"]
 
 StepErrorKind = Literal["parse_error", "no_call", "unknown_function", "invalid_arguments", "repeated_call", "tool_error",
                         "timeout"]
@@ -87,6 +87,22 @@ def to_langchain(rec: MessageRecord | dict[str, Any]) -> BaseMessage:
                                                     for c in r.tool_calls])
 
 
+MAX_DEPTH = 64
+DEPTH_MARKER = f"[... nested deeper than {MAX_DEPTH} levels, not stored]"
+
+
+def bounded(value: Any, depth: int = MAX_DEPTH) -> Any:
+    """A copy of a JSON-like value cut below `depth` levels, each cut marked: what JSON encoding
+    (recursive) cannot take is stored shortened, not dropped."""
+    if depth <= 0:
+        return DEPTH_MARKER if isinstance(value, dict | list | tuple) else value
+    if isinstance(value, dict):
+        return {k: bounded(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bounded(v, depth - 1) for v in value]
+    return value
+
+
 def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
     """Identity of a model call's context, canonicalised: tool-call ids (random per run) dropped."""
     canon = []
@@ -95,7 +111,10 @@ def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | N
         if m.get("tool_calls"):
             c["tool_calls"] = [{"name": t["name"], "args": t.get("args", {})} for t in m["tool_calls"]]
         canon.append(c)
-    blob = json.dumps([canon, tools or []], sort_keys=True, ensure_ascii=False, default=str)
+    try:
+        blob = json.dumps([canon, tools or []], sort_keys=True, ensure_ascii=False, default=str)
+    except RecursionError:
+        blob = json.dumps(bounded([canon, tools or []]), sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

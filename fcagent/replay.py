@@ -10,7 +10,6 @@ call → bad ("diverges from the reference"). The exporter turns these into teac
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -27,17 +26,6 @@ __all__ = ["replay", "REPLAY_ROLE"]
 
 REPLAY_ROLE = keys.Role.STUDENT_REPLAY.value
 
-_GOOD_TEACHER_STEPS = f"""
-SELECT c.id, c.context_hash, c.protocol, c.messages, c.tools, c.candidates, e.task, e.problem_id, e.split
-FROM completions c JOIN episodes e ON e.id = c.episode_id
-WHERE e.status = 'complete'
-  AND COALESCE(json_extract(e.metadata, '$.{keys.ROLE}'), '') NOT IN {keys.sql_list(keys.STUDENT_ROLES)}
-  AND (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) = 1
-  AND COALESCE(e.split, '') != 'test' {{task_filter}}
-ORDER BY e.started_at, c.seq
-"""
-
-
 def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str, task: str | None = None,
            samples: int = 4, temperature: float = 0.8, limit: int | None = None, data_dir: Any = None,
            progress: Any = None) -> dict[str, Any]:
@@ -45,19 +33,13 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
     checker = get_task(task, data_dir=data_dir) if task else None
     problems = {p.id: p for p in checker.load()} if checker is not None and not checker.execute else {}
     family = task.split(":")[0] if task else None
-    conn = sqlite3.connect(trace_store.path)
-    conn.row_factory = sqlite3.Row
-    rows = conn.execute(_GOOD_TEACHER_STEPS.format(task_filter="AND e.task = ?" if family else ""),
-                        (family,) if family else ()).fetchall()
-    done = {r[0] for r in conn.execute(
-        "SELECT c.context_hash FROM completions c JOIN episodes e ON e.id = c.episode_id "
-        f"WHERE json_extract(e.metadata, '$.{keys.ROLE}') = ? AND e.model = ?", (REPLAY_ROLE, student_name))}
-    conn.close()
+    rows = trace_store.good_teacher_calls(task=family)
+    done = trace_store.contexts_answered_by(student_name, REPLAY_ROLE)
     contexts, seen = [], set(done)
     for r in rows:
         if r["context_hash"] not in seen:
             seen.add(r["context_hash"])
-            contexts.append(dict(r))
+            contexts.append(r)
     contexts = contexts[:limit] if limit else contexts
     recorder = TraceRecorder(trace_store)
     bar = None
@@ -67,7 +49,7 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
     good = bad = 0
     try:
         for ctx in contexts:
-            messages = [to_langchain(m) for m in json.loads(ctx["messages"])]
+            messages = [to_langchain(m) for m in ctx["messages"]]
             tools = json.loads(ctx["tools"])
             teacher_candidate = json.loads(ctx["candidates"])[0]
             meta = {keys.ROLE: REPLAY_ROLE, keys.MODEL: student_name, keys.PROTOCOL: ctx["protocol"],

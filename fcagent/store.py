@@ -8,6 +8,7 @@ per episode, and schema changes as an append-only list of named migrations recor
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -26,8 +27,9 @@ try:
 except ImportError:  # Windows: SQLite's own busy handler alone
     fcntl = None  # type: ignore[assignment]
 
+from fcagent import keys
 from fcagent.errors import UserError
-from fcagent.records import Completion, Episode, EpisodeTrace, Label, ToolRun
+from fcagent.records import Completion, Episode, EpisodeTrace, Label, ToolRun, bounded
 
 __all__ = ["TraceStore", "StoreError", "StoreWriteError", "DEFAULT_STORE", "open_store", "write_jsonl_atomic", "SCHEMA_VERSION"]
 
@@ -77,33 +79,48 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE labels ADD COLUMN kind TEXT;
         ALTER TABLE tool_runs ADD COLUMN tool_call_id TEXT
     """),
+    # Each message stored once: a completion lists its messages' hashes (every call of an episode
+    # repeats the history before it, so inline copies grew with the square of the episode's length).
+    # `messages` stays for rows written before; new rows leave it '[]'.
+    ("003_message_blobs", """
+        CREATE TABLE message_blobs (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+        ALTER TABLE completions ADD COLUMN message_hashes TEXT;
+        ALTER TABLE episodes ADD COLUMN dedupe_key TEXT;
+        CREATE UNIQUE INDEX episodes_dedupe ON episodes(dedupe_key) WHERE dedupe_key IS NOT NULL
+    """),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_EPISODE_COLS = 14
-_COMPLETION_COLS = 15
+_EPISODE_COLS = 15
+_COMPLETION_COLS = 16
 _TOOL_COLS = 10
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+    except RecursionError:  # nested deeper than JSON encoding goes: stored cut, with a marker, not dropped
+        return json.dumps(bounded(value), ensure_ascii=False, default=str, separators=(",", ":"))
 
 
 class TraceStore:
     """Episodes, candidate completions, tool runs and labels in one SQLite file."""
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE):
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE, *, timeout: float = 60.0):
+        """`timeout`: seconds a write waits for another writer's lock before it fails (and is reported)."""
         self.path = Path(path)
+        self.timeout = timeout
         if self.path.is_dir():
             raise UserError(f"`store` must be a file path, {self.path} is a folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._writer_fd: tuple[int, int] | None = None  # (pid, fd) of the writer-queue lock file
-        self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        self._conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
         try:
+            self._refuse_newer_schema()  # before anything writes: a newer store is left exactly as it was
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=60000")
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -114,15 +131,21 @@ class TraceStore:
 
     # --- schema --------------------------------------------------------------------------------
 
+    def _refuse_newer_schema(self) -> None:
+        exists = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='_migrations'").fetchone()
+        if not exists:
+            return
+        applied = {r[0] for r in self._conn.execute("SELECT name FROM _migrations")}
+        newer = sorted(applied - {name for name, _ in MIGRATIONS})
+        if newer:
+            raise StoreError(f"{self.path} has schema version {len(applied)} (migrations {', '.join(newer)} are "
+                             f"unknown here); this fcagent reads version {SCHEMA_VERSION}. Upgrade fcagent; "
+                             "the store was not changed.")
+
     def _migrate(self) -> None:
         with self._lock:
             self._conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
             applied = {r[0] for r in self._conn.execute("SELECT name FROM _migrations")}
-            newer = sorted(applied - {name for name, _ in MIGRATIONS})
-            if newer:
-                raise StoreError(f"{self.path} has schema version {len(applied)} (migrations {', '.join(newer)} are "
-                                 f"unknown here); this fcagent reads version {SCHEMA_VERSION}. Upgrade fcagent; "
-                                 "the store was not changed.")
             for name, sql in MIGRATIONS:
                 if name in applied:
                     continue
@@ -192,6 +215,7 @@ class TraceStore:
                     self._conn.executemany(_INSERT_LABEL, rows["labels"])
                     self._conn.execute("COMMIT")
                     return False
+                self._conn.executemany("INSERT OR IGNORE INTO message_blobs VALUES (?, ?)", rows["blobs"])
                 self._conn.executemany(f"{verb} INTO completions VALUES ({_marks(_COMPLETION_COLS)})",
                                        rows["completions"])
                 self._conn.executemany(f"{verb} INTO tool_runs VALUES ({_marks(_TOOL_COLS)})", rows["tool_runs"])
@@ -257,7 +281,7 @@ class TraceStore:
     def _query(self, sql: str, params: tuple = (), batch: int = 500) -> Iterator[sqlite3.Row]:
         # A connection of its own per query, fetched in batches: memory stays flat with store size,
         # and a long read never holds the writer's lock.
-        conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         try:
             cur = conn.execute(sql, params)
@@ -288,9 +312,26 @@ class TraceStore:
         rows = list(self._query("SELECT id FROM episodes ORDER BY started_at DESC LIMIT 1"))
         return rows[0]["id"] if rows else None
 
+    def messages_of(self, rows: list[Any]) -> list[list[dict[str, Any]]]:
+        """The messages of completion rows (`messages` and `message_hashes` columns), one query for all."""
+        wanted = {h for r in rows if r["message_hashes"] for h in json.loads(r["message_hashes"])}
+        bodies: dict[str, Any] = {}
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start:start + 500]
+            bodies |= {b["hash"]: json.loads(b["body"]) for b in self._query(
+                f"SELECT hash, body FROM message_blobs WHERE hash IN ({_marks(len(chunk))})", tuple(chunk))}
+        out = []
+        for r in rows:
+            if r["message_hashes"]:
+                out.append([bodies[h] for h in json.loads(r["message_hashes"])])
+            else:
+                out.append(json.loads(r["messages"]))
+        return out
+
     def _trace(self, ep: Episode) -> EpisodeTrace:
-        comps = [_completion(r) for r in self._query(
-            "SELECT * FROM completions WHERE episode_id=? ORDER BY seq", (ep.id,))]
+        rows = list(self._query("SELECT * FROM completions WHERE episode_id=? ORDER BY seq", (ep.id,)))
+        comps = [_completion(r, m) for r, m in zip(rows, self.messages_of(rows))]
         tools = [_tool_run(r) for r in self._query("SELECT * FROM tool_runs WHERE episode_id=? ORDER BY seq", (ep.id,))]
         ids = (ep.id, *(c.id for c in comps))
         labels = [_label(r) for r in self._query(
@@ -312,17 +353,61 @@ class TraceStore:
         rows = list(self._query(
             f"SELECT e.*, (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS v, "
             f"(SELECT l.source FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS v_source, "
-            f"(SELECT c.messages FROM completions c WHERE c.episode_id = e.id ORDER BY c.seq LIMIT 1) AS first_messages "
+            f"(SELECT c.id FROM completions c WHERE c.episode_id = e.id ORDER BY c.seq LIMIT 1) AS first_call "
             f"FROM episodes e {where} ORDER BY e.started_at DESC, e.id DESC LIMIT ?", (*params, limit)))
+        calls = {r["id"]: r for r in self._query(
+            f"SELECT id, messages, message_hashes FROM completions WHERE id IN ({_marks(len(rows))})",
+            tuple(r["first_call"] for r in rows))} if rows else {}
+        firsts = dict(zip(calls, self.messages_of(list(calls.values()))))
         out = []
         for r in reversed(rows):
-            messages = json.loads(r["first_messages"]) if r["first_messages"] else []
+            messages = firsts.get(r["first_call"], [])
             question = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
             out.append({"id": r["id"], "question": question, "model": r["model"], "status": r["status"],
                         "task": r["task"], "problem_id": r["problem_id"],
                         "verdict": None if r["v"] is None else bool(r["v"]), "verdict_source": r["v_source"],
                         "steps": json.loads(r["outputs"]).get("steps")})
         return out
+
+    def calls_by_context(self, *, task: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every model call of a complete episode, ordered by context (then episode start, step), with
+        what the exporter judges it by: its labels, its episode's newest label and role, and whether it
+        is the episode's last call. Messages are left as references (`messages_of` resolves them)."""
+        where, params = ("AND e.task = ?", (task,)) if task else ("", ())
+        sql = f"""
+            SELECT c.id, c.episode_id, c.context_hash, c.protocol, c.messages, c.message_hashes, c.tools, c.candidates,
+                   e.task, e.problem_id, e.split, json_extract(e.metadata, '$.{keys.ROLE}') AS role,
+                   c.seq = (SELECT MAX(c2.seq) FROM completions c2 WHERE c2.episode_id = c.episode_id) AS is_last,
+                   (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS ep_success,
+                   (SELECT json_group_array(json_object('candidate', l.candidate, 'success', l.success,
+                                                        'reason', l.reason, 'source', l.source, 'kind', l.kind))
+                      FROM (SELECT * FROM labels WHERE target_id = c.id ORDER BY id) l) AS labels
+            FROM completions c JOIN episodes e ON e.id = c.episode_id
+            WHERE e.status = 'complete' {where}
+            ORDER BY c.context_hash, e.started_at, c.seq"""
+        for r in self._query(sql, params):
+            yield dict(r)
+
+    def good_teacher_calls(self, *, task: str | None = None) -> list[dict[str, Any]]:
+        """Model calls of non-student episodes labelled good, outside the test split, in episode order,
+        with their messages resolved: the contexts `fcagent replay` gives the student."""
+        where, params = ("AND e.task = ?", (task,)) if task else ("", ())
+        rows = list(self._query(f"""
+            SELECT c.id, c.context_hash, c.protocol, c.messages, c.message_hashes, c.tools, c.candidates,
+                   e.task, e.problem_id, e.split
+            FROM completions c JOIN episodes e ON e.id = c.episode_id
+            WHERE e.status = 'complete'
+              AND COALESCE(json_extract(e.metadata, '$.{keys.ROLE}'), '') NOT IN {keys.sql_list(keys.STUDENT_ROLES)}
+              AND (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) = 1
+              AND COALESCE(e.split, '') != 'test' {where}
+            ORDER BY e.started_at, c.seq""", params))
+        return [{**dict(r), "messages": m} for r, m in zip(rows, self.messages_of(rows))]
+
+    def contexts_answered_by(self, model: str, role: str) -> set[str]:
+        """Context hashes of the calls `model` made in episodes of `role` (what replay skips)."""
+        return {r["context_hash"] for r in self._query(
+            f"SELECT c.context_hash FROM completions c JOIN episodes e ON e.id = c.episode_id "
+            f"WHERE json_extract(e.metadata, '$.{keys.ROLE}') = ? AND e.model = ?", (role, model))}
 
     def labels(self, target_id: str) -> list[Label]:
         return [_label(r) for r in self._query("SELECT * FROM labels WHERE target_id=? ORDER BY id", (target_id,))]
@@ -443,16 +528,26 @@ def _trace_rows(trace: EpisodeTrace | dict[str, Any]) -> dict[str, Any]:
     episode = (e["id"], e.get("thread_id"), e.get("name"), e["started_at"], e.get("ended_at"),
                e.get("status", "complete"), e.get("task"), e.get("problem_id"), e.get("split"), e.get("model"),
                _dumps(e.get("metadata") or {}), _dumps(e.get("tags") or []), _dumps(e.get("outputs") or {}),
-               e.get("error"))
-    comps = [(c["id"], c["episode_id"], c.get("parent_run_id"), c.get("seq", 0), c.get("model"), c.get("protocol"),
-              c.get("step"), c["context_hash"], _dumps(c["messages"]), _dumps(c.get("tools") or []),
-              _dumps(c.get("params") or {}), _dumps(c.get("candidates") or []), _dumps(c.get("usage") or {}),
-              c.get("latency_ms"), c.get("error")) for c in trace.get("completions", [])]
+               e.get("error"), (e.get("metadata") or {}).get(keys.DEDUPE))
+    blobs: dict[str, str] = {}
+    comps = []
+    for c in trace.get("completions", []):
+        hashes = []
+        for m in c["messages"]:
+            body = _dumps(m)
+            digest = hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+            blobs[digest] = body
+            hashes.append(digest)
+        comps.append((c["id"], c["episode_id"], c.get("parent_run_id"), c.get("seq", 0), c.get("model"),
+                      c.get("protocol"), c.get("step"), c["context_hash"], "[]", _dumps(c.get("tools") or []),
+                      _dumps(c.get("params") or {}), _dumps(c.get("candidates") or []), _dumps(c.get("usage") or {}),
+                      c.get("latency_ms"), c.get("error"), _dumps(hashes)))
     tools = [(t["id"], t["episode_id"], t.get("parent_run_id"), t.get("seq", 0), t["name"], _dumps(t.get("args")),
               t.get("output"), t.get("error"), t.get("latency_ms"), t.get("tool_call_id"))
              for t in trace.get("tool_runs", [])]
     labels = [_label_row(lb) for lb in trace.get("labels", [])]
-    return {"episode": episode, "completions": comps, "tool_runs": tools, "labels": labels}
+    return {"episode": episode, "completions": comps, "tool_runs": tools, "labels": labels,
+            "blobs": list(blobs.items())}
 
 
 def _episode(r: sqlite3.Row) -> Episode:
@@ -462,10 +557,10 @@ def _episode(r: sqlite3.Row) -> Episode:
                    outputs=json.loads(r["outputs"]), error=r["error"])
 
 
-def _completion(r: sqlite3.Row) -> Completion:
+def _completion(r: sqlite3.Row, messages: list[Any]) -> Completion:
     return Completion(id=r["id"], episode_id=r["episode_id"], parent_run_id=r["parent_run_id"], seq=r["seq"],
                       model=r["model"], protocol=r["protocol"], step=r["step"], context_hash=r["context_hash"],
-                      messages=json.loads(r["messages"]), tools=json.loads(r["tools"]), params=json.loads(r["params"]),
+                      messages=messages, tools=json.loads(r["tools"]), params=json.loads(r["params"]),
                       candidates=json.loads(r["candidates"]), usage=json.loads(r["usage"]), latency_ms=r["latency_ms"],
                       error=r["error"])
 

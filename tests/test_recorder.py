@@ -130,16 +130,20 @@ def test_jsonl_round_trip_is_idempotent_and_corrupt_lines_are_named(tmp_path):
 
 
 def test_store_from_a_newer_schema_is_refused_untouched(tmp_path):
-    path = tmp_path / "t.db"
-    TraceStore(path).close()
     import sqlite3
 
-    with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO _migrations VALUES ('999_future', 0)")
+    from fcagent.store import SCHEMA_VERSION
+
+    path = tmp_path / "t.db"
+    TraceStore(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO _migrations VALUES ('999_future', 0)")
+    assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"  # as a newer fcagent might leave it
+    conn.close()
     before = path.read_bytes()
-    with pytest.raises(StoreError, match="schema version 3 .*999_future.*reads version 2"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} .*999_future.*reads version {SCHEMA_VERSION}"):
         TraceStore(path)
-    assert path.read_bytes() == before
+    assert path.read_bytes() == before and not (tmp_path / "t.db-wal").exists()
 
 
 def test_label_api_and_stats(tmp_path):

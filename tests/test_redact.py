@@ -1,4 +1,8 @@
 import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # secrets_corpus.py
 
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
@@ -44,6 +48,128 @@ def test_ordinary_numbers_and_text_survive():
 def test_configurable_rules():
     r = Redactor().with_rule("TICKET", r"TICKET-\d+")
     assert r.redact("see TICKET-42") == "see <TICKET>"
+
+
+def test_planted_corpus_every_kind_redacted_in_text():
+    from secrets_corpus import PLANTED, leaks
+
+    r = Redactor()
+    assert len(PLANTED) >= 30
+    for kind, (text, _) in PLANTED.items():
+        out = r.redact(f"before {text} after")
+        assert leaks(out) == [], (kind, out)
+        assert out.startswith("before ") and "<" in out, kind
+
+
+def test_adversarial_megabyte_is_linear():
+    import time
+
+    r = Redactor()
+    for text in ("a-a-" * 250_000, "@a" * 500_000, "1 2 " * 250_000, "eyJ" * 333_333, "://a:b" * 160_000,
+                 "password=" * 110_000, "-----BEGIN PRIVATE KEY-----\n" * 36_000, "sk-" * 333_333):
+        started = time.perf_counter()
+        r.redact(text)
+        assert time.perf_counter() - started < 2.0  # a benchmark measures it; this only catches quadratic time
+
+
+def test_invocation_params_drop_secret_names_and_redact_values():
+    from fcagent.recorder import _safe_params
+
+    params = {"api-key": "x1", "x-api-key": "x2", "private_key": "x3", "passwd": "x4", "auth": "x5", "bearer": "x6",
+              "session": "x7", "client_secret": "x8", "base_url": "https://user:sk-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z@api.host/v1",
+              "endpoint": "https://api.host/v1?api_key=qwertyuiop123456", "model": "gpt-x", "max_tokens": 100,
+              "temperature": 0.2}
+    kept = _safe_params(params)
+    assert set(kept) == {"base_url", "endpoint", "model", "max_tokens", "temperature"}
+    assert "sk-Ab3" not in kept["base_url"] and "qwertyuiop" not in kept["endpoint"]
+
+
+def test_no_planted_secret_leaves_through_any_export_or_field(tmp_path):
+    """Secrets in the system prompt, the user message, tool arguments, tool outputs, a tool's error,
+    label reasons and episode metadata: none in pairs.jsonl, sft.jsonl, the Arrow dataset, the
+    stats, `traces export` or `traces show`."""
+    import uuid
+
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage, SystemMessage
+    from langchain_core.tools import ToolException
+    from secrets_corpus import CUT_KEY, PLANTED, leaks
+    from typer.testing import CliRunner
+
+    from fcagent.cli import app
+    from fcagent.export import export_preference_pairs, export_sft, load_pairs
+
+    everything = " ; ".join(text for text, _ in PLANTED.values())
+
+    @tool
+    def lookup(query: str) -> str:
+        """Looks things up."""
+        return "found: " + everything
+
+    @tool
+    def connect(dsn: str) -> str:
+        """Connects to a database."""
+        raise ToolException("cannot connect with " + everything)
+
+    connect.handle_tool_error = True
+    question = "my details: " + everything
+
+    def call(name, **args):
+        return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": None}])
+
+    store = TraceStore(tmp_path / "t.db")
+    recorder = TraceRecorder(store, note="ops contact " + PLANTED["email"][0] + " " + PLANTED["openai key"][0])
+    ids = []
+    for replies, verdict in (([call("lookup", query=everything), "Done: " + everything], True),
+                             ([call("connect", dsn=everything), "Failed: " + everything], False)):
+        agent = create_agent(ScriptedChatModel(responses={question: replies}), [lookup, connect],
+                             system_prompt="You help. Internal: " + everything)
+        run_id = uuid.uuid4()
+        agent.invoke({"messages": [HumanMessage(question)]}, {"run_id": run_id, "callbacks": [recorder]})
+        ids.append(str(run_id))
+        store.label(str(run_id), verdict, reason="user says: " + everything, source="feedback")
+    # a key cut short by the graph's 2,000-character observation limit: no END line left
+    graph_model = ScriptedChatModel(native=False, responses=['lookup(query="key")', 'final_answer(answer="ok")'])
+
+    @tool
+    def fetch_key(query: str) -> str:
+        """Returns a key file."""
+        return CUT_KEY
+
+    fetch_key.name = "lookup"
+    state = build_agent_graph(graph_model, [fetch_key]).invoke({"messages": [HumanMessage("key please")]},
+                                                               {"callbacks": [recorder]})
+    assert "-----END" not in state["messages"][2].content and "more characters cut" in state["messages"][2].content
+    store.label(recorder.last_episode_id, True, "ok", "feedback")
+    raw = json.dumps([t.model_dump() for t in store.traces()])
+    assert len(leaks(raw)) >= 40  # the store keeps the truth; redaction happens on the way out
+
+    pairs = export_preference_pairs(store, tmp_path / "data")
+    sft = export_sft(store, tmp_path / "data")
+    assert pairs.rows >= 1 and sft.rows >= 2
+    assert any(leaks(json.loads(line)["rejected_reason"]) == [] and "<" in json.loads(line)["rejected_reason"]
+               for line in pairs.path.read_text().splitlines())
+    dataset = json.dumps(load_pairs(tmp_path / "data" / "pairs.jsonl").to_list())
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", "--store", str(tmp_path / "t.db"), "--out", str(tmp_path / "cli")]).exit_code == 0
+    from datasets import load_from_disk
+
+    arrow = json.dumps(load_from_disk(str(tmp_path / "cli" / "dataset-dpo")).to_list())
+    store.export_jsonl(tmp_path / "traces.jsonl", redactor=Redactor())
+    shown = "".join(runner.invoke(app, ["traces", "show", i, "--store", str(tmp_path / "t.db")], env={"COLUMNS": "300"}).output
+                    for i in ids)
+    listed = runner.invoke(app, ["traces", "ls", "--store", str(tmp_path / "t.db")], env={"COLUMNS": "300"}).output
+    outputs = {"pairs.jsonl": pairs.path.read_text(), "sft.jsonl": sft.path.read_text(),
+               "stats.dpo.json": (tmp_path / "data" / "stats.dpo.json").read_text(),
+               "stats.sft.json": (tmp_path / "data" / "stats.sft.json").read_text(),
+               "dataset": dataset, "arrow dataset": arrow, "traces export": (tmp_path / "traces.jsonl").read_text(),
+               "cli pairs": (tmp_path / "cli" / "pairs.jsonl").read_text(), "traces show": shown, "traces ls": listed}
+    for name, text in outputs.items():
+        assert leaks(text) == [], name
+    assert "<PRIVATE_KEY>" in outputs["traces export"]
+    raw_show = runner.invoke(app, ["traces", "show", ids[0], "--raw", "--store", str(tmp_path / "t.db")],
+                             env={"COLUMNS": "300"}).output
+    assert PLANTED["email"][1] in raw_show  # --raw opts out
 
 
 def test_no_secret_survives_export_from_messages_tool_args_and_outputs(tmp_path):
