@@ -2,30 +2,143 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
-import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fcagent import keys
-from fcagent.errors import UserError
+from fcagent.errors import RunFailure, UserError
 from fcagent.models import resolve_model
 from fcagent.store import DEFAULT_STORE, StoreError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distil a function-calling agent's traces into a small model.")
-traces_app = typer.Typer(no_args_is_help=True, help="Read and manage the trace store.")
+class Split(str, Enum):
+    train = "train"
+    test = "test"
+
+
+class ProtocolChoice(str, Enum):
+    auto = "auto"
+    native = "native"
+    text = "text"
+
+
+class Kind(str, Enum):
+    dpo = "dpo"
+    sft = "sft"
+
+
+class Level(str, Enum):
+    step = "step"
+    trajectory = "trajectory"
+    both = "both"
+
+
+class Unlabelled(str, Enum):
+    skip = "skip"
+    good = "good"
+
+
+class MethodChoice(str, Enum):
+    dpo = "dpo"
+    sft = "sft"
+    rpo = "rpo"
+    sft_dpo = "sft-dpo"
+    sft_rpo = "sft-rpo"
+
+
+class PresetChoice(str, Enum):
+    quick = "quick"
+    full = "full"
+
+
+class ReplayStudent(str, Enum):
+    sft = "sft"
+    base = "base"
+
+
+class Backend(str, Enum):
+    llguidance = "llguidance"
+    xgrammar = "xgrammar"
+
+
+class _App(typer.Typer):
+    """A Typer whose commands turn fcagent's errors into one line and an exit code, never a traceback:
+    2 for a mistake in the input (which says what and where), 1 for a run that failed."""
+
+    def command(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        register = super().command(*args, **kwargs)
+
+        def decorate(fn):
+            @functools.wraps(fn)
+            def handled(*a: Any, **kw: Any) -> Any:
+                try:
+                    return fn(*a, **kw)
+                except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every failure becomes a message and an exit code
+                    code, message = _explain(exc)
+                    if os.environ.get("FCAGENT_DEBUG"):
+                        raise
+                    console.print(f"[red]error:[/] {_escape(message)}")
+                    raise typer.Exit(code) from None
+
+            return register(handled)
+
+        return decorate
+
+
+def _explain(exc: BaseException) -> tuple[int, str]:
+    from pydantic import ValidationError
+
+    from fcagent.errors import RunFailure
+    from fcagent.store import StoreWriteError
+    from fcagent.tasks.base import DataError
+
+    if isinstance(exc, UserError | StoreError | DataError):
+        return 2, str(exc)
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or exc.title
+        return 2, f"`{where}`: {err['msg']}"
+    if isinstance(exc, RunFailure | StoreWriteError):
+        return 1, str(exc)
+    if isinstance(exc, PermissionError):
+        return 1, f"permission denied: {exc.filename or exc}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return 1, f"no space left on the device ({exc.filename or 'while writing'})"
+    if isinstance(exc, OSError):
+        return 1, f"{exc.strerror or exc}: {exc.filename or ''}".strip()
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    return 1, f"internal error ({type(exc).__name__}: {exc}); FCAGENT_DEBUG=1 shows the traceback"
+
+
+app = _App(add_completion=False, no_args_is_help=True, help="Distil a function-calling agent's traces into a small model.")
+traces_app = _App(no_args_is_help=True, help="Read and manage the trace store.")
 app.add_typer(traces_app, name="traces")
 console = Console()
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task spec: math, math:gsm8k, logic:prontoqa, bfcl:simple_python, ...")]
 StoreOpt = Annotated[Path, typer.Option("--store", help="Trace store (SQLite file).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the task data (default: ./data, ../shared/data, $FCAGENT_DATA).")]
+LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Number of problems (default: all).")]
+
+
+def _data_dir(path: Path | None) -> Path | None:
+    """`--data-dir` must exist when given (it wins over $FCAGENT_DATA, so a typo must not fall back silently)."""
+    if path is not None and not path.is_dir():
+        raise UserError(f"`--data-dir` {path} is not a folder")
+    return path
 
 
 def _open_store(path: Path, *, create: bool = False) -> Any:
@@ -38,6 +151,23 @@ def _open_store(path: Path, *, create: bool = False) -> Any:
     return TraceStore(path)
 
 
+def _check_output_file(out: Path, *, force: bool, inputs: tuple[Path, ...]) -> None:
+    """No command writes over its input or a database, nor over any existing file without `--force`."""
+    target = out.resolve()
+    for source in inputs:
+        src = source.resolve()
+        if target in (src, Path(f"{src}-wal"), Path(f"{src}-shm"), Path(f"{src}-writer.lock")):
+            raise UserError(f"`{out}` is the input store; choose another output file")
+    if out.is_dir():
+        raise UserError(f"`{out}` is a folder; give a file name such as traces.jsonl")
+    if out.exists():
+        with out.open("rb") as f:
+            if f.read(16) == b"SQLite format 3\x00":
+                raise UserError(f"`{out}` is an SQLite database (a trace store?); refusing to write over it")
+        if not force:
+            raise UserError(f"`{out}` exists; pass --force to replace it")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
@@ -46,10 +176,10 @@ def _progress() -> Progress:
 
 @app.command()
 def run(task: TaskOpt = "math", model: Annotated[str, typer.Option(help="Model spec (bundled:smollm2-135m, a run folder, provider:model, reference).")] = "bundled:smollm2-135m",
-        limit: Annotated[int, typer.Option(help="Number of problems.")] = 20,
-        split: Annotated[str, typer.Option(help="train or test (deterministic by id hash).")] = "test",
-        protocol: Annotated[str, typer.Option(help="auto, native or text.")] = "auto",
-        max_steps: Annotated[Optional[int], typer.Option(help="Step limit per problem.")] = None,
+        limit: Annotated[int, typer.Option(min=1, help="Number of problems.")] = 20,
+        split: Annotated[Split, typer.Option(help="Deterministic by id hash.")] = Split.test,
+        protocol: Annotated[ProtocolChoice, typer.Option()] = ProtocolChoice.auto,
+        max_steps: Annotated[Optional[int], typer.Option(min=1, help="Step limit per problem (default: the task's).")] = None,
         store: Annotated[Optional[Path], typer.Option("--store", help="Record the episodes into this trace store.")] = None,
         data_dir: DataOpt = None,
         quiet: Annotated[bool, typer.Option(help="Only the summary, no chains.")] = False) -> None:
@@ -58,10 +188,10 @@ def run(task: TaskOpt = "math", model: Annotated[str, typer.Option(help="Model s
     from fcagent.store import TraceStore
     from fcagent.tasks import get_task
 
-    t = get_task(task, data_dir=data_dir)
-    problems = t.load(split=split, limit=limit)
+    t = get_task(task, data_dir=_data_dir(data_dir))
+    problems = t.load(split=split.value, limit=limit)
     chat = resolve_model(model, problems)
-    console.print(f"[bold]{len(problems)}[/] {t.spec} problems ({split}) with [bold]{model}[/]")
+    console.print(f"[bold]{len(problems)}[/] {t.spec} problems ({split.value}) with [bold]{model}[/]")
 
     def show(problem, result) -> None:
         if quiet:
@@ -74,7 +204,7 @@ def run(task: TaskOpt = "math", model: Annotated[str, typer.Option(help="Model s
             console.print(f"[dim]{m['role']}:[/] {text[:400]}")
         console.print(f"verdict: {result.reason}  ({result.steps} steps, {result.wall_s:.1f} s)")
 
-    results = run_problems(chat, t, problems, store=TraceStore(store) if store else None, protocol=protocol,
+    results = run_problems(chat, t, problems, store=TraceStore(store) if store else None, protocol=protocol.value,
                            max_steps=max_steps, on_result=show, metadata={keys.MODEL: model})
     right = sum(r.success for r in results)
     console.print(f"\n[bold]accuracy: {right}/{len(results)} = {right / max(1, len(results)):.1%}[/]  "
@@ -83,20 +213,20 @@ def run(task: TaskOpt = "math", model: Annotated[str, typer.Option(help="Model s
 
 @app.command()
 def harvest(task: TaskOpt = "math", teacher: Annotated[str, typer.Option(help="Teacher model spec; `reference` replays gold chains.")] = "reference",
-            samples: Annotated[int, typer.Option(help="Candidates per step (K), sampled from one prompt pass.")] = 1,
-            temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature when K > 1.")] = None,
-            limit: Annotated[Optional[int], typer.Option(help="Number of problems.")] = None,
-            split: Annotated[str, typer.Option(help="Split to harvest (train keeps evaluation problems out).")] = "train",
+            samples: Annotated[int, typer.Option(min=1, max=64, help="Candidates per step (K), sampled from one prompt pass.")] = 1,
+            temperature: Annotated[Optional[float], typer.Option(min=0.0, max=2.0, help="Sampling temperature when K > 1.")] = None,
+            limit: LimitOpt = None,
+            split: Annotated[Split, typer.Option(help="Split to harvest (train keeps evaluation problems out).")] = Split.train,
             store: StoreOpt = Path(DEFAULT_STORE), resume: Annotated[bool, typer.Option(help="Skip problems already complete in the store.")] = False,
-            concurrency: Annotated[int, typer.Option(help="Problems in flight at once (remote teachers).")] = 1,
-            protocol: Annotated[str, typer.Option(help="auto, native or text.")] = "auto",
+            concurrency: Annotated[int, typer.Option(min=1, max=64, help="Problems in flight at once (remote teachers).")] = 1,
+            protocol: Annotated[ProtocolChoice, typer.Option()] = ProtocolChoice.auto,
             data_dir: DataOpt = None) -> None:
     """Run a teacher over a task split with K candidates per step, storing every call."""
     from fcagent.harvest import harvest as do_harvest
 
     summary = do_harvest(task=task, teacher=teacher, samples=samples, temperature=temperature, limit=limit,
-                         split=split, store=store, resume=resume, concurrency=concurrency, protocol=protocol,
-                         data_dir=data_dir, progress=_progress())
+                         split=split.value, store=store, resume=resume, concurrency=concurrency,
+                         protocol=protocol.value, data_dir=_data_dir(data_dir), progress=_progress())
     console.print(summary)
 
 
@@ -126,6 +256,9 @@ def traces_ls(store: StoreOpt = Path(DEFAULT_STORE), limit: Annotated[int, typer
     clean = (lambda text: text) if raw else Redactor().redact
     s = _open_store(store)
     rows = s.summaries(limit=limit, task=task)
+    if task and not rows:
+        present = sorted(k for k in s.stats()["episodes_by_task"] if k != "-")
+        raise UserError(f"`--task` {task!r}: no episodes of it in {store} (tasks there: {', '.join(present) or 'none'})")
     short = _short_ids([r["id"] for r in rows], s)
     table = Table("episode", "question", "model", "status", "verdict", "steps")
     for r in rows:
@@ -185,21 +318,20 @@ def traces_stats(store: StoreOpt = Path(DEFAULT_STORE)) -> None:
 
 
 @traces_app.command("export")
-def traces_export(out: Path, store: StoreOpt = Path(DEFAULT_STORE),
-                  redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True) -> None:
+def traces_export(out: Annotated[Path, typer.Argument(help="The JSONL file to write.")], store: StoreOpt = Path(DEFAULT_STORE),
+                  redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
+                  force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False) -> None:
     """Write every episode as JSONL (one episode per line)."""
     from fcagent.redact import Redactor
-    from fcagent.store import TraceStore
 
+    _check_output_file(out, force=force, inputs=(store,))
     n = _open_store(store).export_jsonl(out, redactor=Redactor() if redact else None)
     console.print(f"wrote {n} episodes to {out}")
 
 
 @traces_app.command("import")
 def traces_import(path: Path, store: StoreOpt = Path(DEFAULT_STORE)) -> None:
-    """Add the episodes of a JSONL export (idempotent)."""
-    from fcagent.store import TraceStore
-
+    """Add the episodes of a JSONL export (idempotent; labels on known episodes are merged in)."""
     added, present = _open_store(store, create=True).import_jsonl(path)
     console.print(f"added {added} episodes, {present} were already present")
 
@@ -240,52 +372,49 @@ def traces_label(target_ids: Annotated[Optional[list[str]], typer.Argument(help=
 @app.command("export")
 def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("pairs"),
                store: StoreOpt = Path(DEFAULT_STORE),
-               kind: Annotated[str, typer.Option(help="dpo (preference pairs) or sft (good completions).")] = "dpo",
-               level: Annotated[str, typer.Option(help="step, trajectory or both.")] = "both",
+               kind: Annotated[Kind, typer.Option(help="dpo (preference pairs) or sft (good completions).")] = Kind.dpo,
+               level: Annotated[Level, typer.Option(help="Pair sources besides teacher-vs-student.")] = Level.both,
                teacher_student: Annotated[bool, typer.Option(help="Include teacher-vs-student pairs.")] = True,
                task: Annotated[Optional[str], typer.Option(help="Only this task family.")] = None,
-               unlabelled: Annotated[str, typer.Option(help="Episodes nobody labelled: skip, or take them as good.")] = "skip",
-               max_pairs_per_context: int = 4, max_pairs_per_problem: int = 16, seed: int = 0,
+               unlabelled: Annotated[Unlabelled, typer.Option(help="Episodes nobody labelled: skip, or take them as good.")] = Unlabelled.skip,
+               max_pairs_per_context: Annotated[int, typer.Option(min=1)] = 4,
+               max_pairs_per_problem: Annotated[int, typer.Option(min=1)] = 16, seed: int = 0,
                redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
                dataset: Annotated[bool, typer.Option(help="Also write a datasets.Dataset (save_to_disk).")] = True) -> None:
     """Export labelled traces as DPO pairs or SFT rows in TRL's conversational format."""
     from fcagent.export import export_preference_pairs, export_sft, load_pairs
 
-    settings = dict(level=level, teacher_student=teacher_student, task=task, unlabelled=unlabelled,
+    if out.exists() and not out.is_dir():
+        raise UserError(f"`--out` {out} is a file; it names the folder the export writes into")
+    settings = dict(level=level.value, teacher_student=teacher_student, task=task, unlabelled=unlabelled.value,
                     max_pairs_per_context=max_pairs_per_context,
                     max_pairs_per_problem=max_pairs_per_problem, seed=seed, redact=redact)
-    result = (export_preference_pairs if kind == "dpo" else export_sft)(store, out, **settings)
+    result = (export_preference_pairs if kind is Kind.dpo else export_sft)(_open_store(store), out, **settings)
     if dataset:
-        load_pairs(result.path, kind).save_to_disk(str(out / f"dataset-{kind}"))
+        load_pairs(result.path, kind.value).save_to_disk(str(out / f"dataset-{kind.value}"))
     stats = result.stats
     table = Table("rows", "by source", "by task", "rejected reasons", "dropped")
     table.add_row(str(stats["rows"]), json.dumps(stats["by_source"]), json.dumps(stats["by_task"]),
                   json.dumps(stats["rejected_reasons"]), json.dumps(stats["dropped"]))
     console.print(table)
-    console.print(f"wrote {result.path} and {out / f'stats.{kind}.json'}")
+    console.print(f"wrote {result.path} and {out / f'stats.{kind.value}.json'}")
 
 
 @app.command("train")
 def train_cmd(pairs: Annotated[Path, typer.Option(help="Export folder (pairs.jsonl / sft.jsonl) or a saved dataset.")],
               student: Annotated[str, typer.Option(help="Student model spec.")] = "bundled:smollm2-135m",
-              method: Annotated[str, typer.Option(help="dpo, sft, rpo, sft-dpo or sft-rpo.")] = "dpo",
+              method: Annotated[MethodChoice, typer.Option()] = MethodChoice.dpo,
               out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/student"),
-              epochs: Annotated[Optional[float], typer.Option(help="Epochs.")] = None,
-              max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides epochs).")] = None,
+              epochs: Annotated[Optional[float], typer.Option(min=0.01, max=1000, help="Epochs.")] = None,
+              max_steps: Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps (overrides epochs).")] = None,
               config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainSettings fields (lora: for LoRA).")] = None,
               merge: Annotated[bool, typer.Option(help="Also write a merged model that loads with plain transformers.")] = False,
               trl_defaults: Annotated[bool, typer.Option(help="TRL's own defaults, for comparison.")] = False) -> None:
     """Train the student with TRL (DPO/SFT/RPO/SFT-then-DPO) and a LoRA adapter."""
     from fcagent.train import LoraSettings, TrainSettings, train
 
-    fields: dict = {}
-    lora: dict = {}
-    if config is not None:
-        import yaml
-
-        fields = yaml.safe_load(config.read_text()) or {}
-        lora = fields.pop("lora", {}) or {}
-    fields["method"] = method
+    fields, lora = _read_train_config(config) if config is not None else ({}, {})
+    fields["method"] = method.value
     if epochs is not None:
         fields["epochs"] = epochs
     if max_steps is not None:
@@ -296,47 +425,79 @@ def train_cmd(pairs: Annotated[Path, typer.Option(help="Export folder (pairs.jso
     console.print(result.model_dump(mode="json"))
 
 
+def _read_train_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """TrainSettings fields (and `lora:` LoraSettings fields) from a YAML file, checked."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"`--config` {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"`--config` {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"`--config` {path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"`--config` {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise UserError(f"`--config` {path} must be a mapping of TrainSettings fields, got a {type(data).__name__}")
+    lora = data.pop("lora", None) or {}
+    if not isinstance(lora, dict):
+        raise UserError(f"`--config` {path}: `lora` must be a mapping of LoraSettings fields")
+    return data, lora
+
+
 @app.command("replay")
 def replay_cmd(student: Annotated[str, typer.Option(help="Student model spec (a run folder or bundled:NAME).")],
                store: StoreOpt = Path(DEFAULT_STORE), task: TaskOpt = "math",
-               samples: Annotated[int, typer.Option(help="Candidates per context.")] = 4,
-               temperature: float = 0.8, limit: Annotated[Optional[int], typer.Option(help="Contexts to replay.")] = None,
+               samples: Annotated[int, typer.Option(min=1, max=64, help="Candidates per context.")] = 4,
+               temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.8,
+               limit: Annotated[Optional[int], typer.Option(min=1, help="Contexts to replay (default: all).")] = None,
                data_dir: DataOpt = None) -> None:
     """Replay good teacher contexts through the student and record its failures (teacher-vs-student pairs)."""
     from fcagent.models import load_chat_model
     from fcagent.replay import replay
     from fcagent.tasks import get_task
 
-    model = load_chat_model(student, max_new_tokens=get_task(task).max_new_tokens)
-    console.print(replay(store, model, student_name=student, task=task, samples=samples, temperature=temperature,
+    trace_store = _open_store(store)
+    t = get_task(task, data_dir=_data_dir(data_dir))
+    model = load_chat_model(student, max_new_tokens=t.max_new_tokens)
+    console.print(replay(trace_store, model, student_name=student, task=task, samples=samples, temperature=temperature,
                          limit=limit, data_dir=data_dir, progress=_progress()))
 
 
 @app.command("eval")
 def eval_cmd(model: Annotated[list[str], typer.Option("--model", help="NAME=SPEC or SPEC; repeat for each model.")],
-             task: TaskOpt = "math", split: str = "test", limit: int = 100,
+             task: TaskOpt = "math", split: Annotated[Split, typer.Option()] = Split.test,
+             limit: Annotated[int, typer.Option(min=1)] = 100,
              out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval"),
-             protocol: str = "auto", data_dir: DataOpt = None) -> None:
+             protocol: Annotated[ProtocolChoice, typer.Option()] = ProtocolChoice.auto, data_dir: DataOpt = None) -> None:
     """Evaluate models on the same held-out problems: accuracy with CIs, McNemar tests, tokens, time."""
-    from fcagent.evaluate import evaluate
+    from fcagent.evaluate import evaluate, model_names
     from fcagent.tasks import get_task
 
-    models = {}
-    for item in model:
-        name, _, spec = item.partition("=") if "=" in item and not item.startswith(("/", ".")) else (None, "", item)
-        models[name or Path(spec).name or spec] = spec
-    report = evaluate(models, task=task, split=split, limit=limit, out_dir=out, data_dir=data_dir, protocol=protocol,
-                      progress=_progress(), model_kwargs={"max_new_tokens": get_task(task).max_new_tokens})
+    models = model_names(model)
+    t = get_task(task, data_dir=_data_dir(data_dir))
+    report = evaluate(models, task=task, split=split.value, limit=limit, out_dir=out, data_dir=data_dir,
+                      protocol=protocol.value, progress=_progress(), model_kwargs={"max_new_tokens": t.max_new_tokens})
     _print_report(report)
     console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'evaluation.png'}")
+    failed = [m["name"] for m in report["models"].values() if m.get("run_errors") and m["run_errors"] == m["n"]]
+    if failed:
+        raise RunFailure(f"every problem failed to run for {', '.join(failed)} (see {out / 'results'}); "
+                         "the accuracy shown is not a measurement")
 
 
 def _print_report(report: dict) -> None:
-    table = Table("model", "correct", "accuracy (95% CI)", "valid calls", "steps", "tokens/problem", "s/problem",
+    table = Table("model", "correct", "accuracy (95% CI)", "run errors", "valid calls", "steps", "tokens/problem", "s/problem",
                   title=f"{report['task']} · {report['n_problems']} held-out problems")
     for m in report["models"].values():
         table.add_row(m["name"], f"{m['correct']}/{m['n']}", f"{m['accuracy']:.1%} ({m['ci95'][0]:.0%}–{m['ci95'][1]:.0%})",
-                      f"{m['valid_call_rate']:.0%}", f"{m['mean_steps']:.1f}",
+                      str(m.get("run_errors", 0)), f"{m['valid_call_rate']:.0%}", f"{m['mean_steps']:.1f}",
                       f"{m['prompt_tokens_per_problem'] + m['completion_tokens_per_problem']:.0f}",
                       f"{m['wall_s_per_problem']:.2f}")
     console.print(table)
@@ -349,57 +510,39 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             teacher: Annotated[str, typer.Option(help="`reference` (gold chains, offline), a local spec, or provider:model.")] = "reference",
             student: Annotated[str, typer.Option(help="Student model spec.")] = "bundled:smollm2-135m",
             out: Annotated[Path, typer.Option("--out", help="Run folder (every stage resumes from it).")] = Path("runs/distill"),
-            preset: Annotated[str, typer.Option(help="quick (under 10 minutes on a 2-core CPU) or full.")] = "quick",
-            method: Annotated[Optional[list[str]], typer.Option("--method", help="Methods to train (default: the preset's).")] = None,
-            baseline: Annotated[str, typer.Option(help="The baseline method; `sft` trains SFT on the same chosen completions.")] = "sft",
-            rounds: Annotated[int, typer.Option(help="Rounds: the trained student replays the teacher's contexts for the next round's pairs.")] = 1,
-            test_problems: Annotated[Optional[int], typer.Option(help="Override the preset's held-out problem count.")] = None,
-            train_problems: Annotated[Optional[int], typer.Option(help="Override the preset's teacher problem count.")] = None,
-            replay_contexts: Annotated[Optional[int], typer.Option(help="Override the preset's replayed teacher contexts.")] = None,
-            replay_student: Annotated[Optional[str], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
-            constrain: Annotated[Optional[str], typer.Option(help="Also evaluate every student with grammar-constrained decoding: llguidance or xgrammar.")] = None,
+            preset: Annotated[PresetChoice, typer.Option(help="quick (under 10 minutes on a 2-core CPU) or full.")] = PresetChoice.quick,
+            method: Annotated[Optional[list[MethodChoice]], typer.Option("--method", help="Methods to train (default: the preset's).")] = None,
+            baseline: Annotated[MethodChoice, typer.Option(help="The baseline method; `sft` trains SFT on the same chosen completions.")] = MethodChoice.sft,
+            rounds: Annotated[int, typer.Option(min=1, max=10, help="Rounds: the trained student replays the teacher's contexts for the next round's pairs.")] = 1,
+            test_problems: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's held-out problem count.")] = None,
+            train_problems: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's teacher problem count.")] = None,
+            replay_contexts: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's replayed teacher contexts.")] = None,
+            replay_student: Annotated[Optional[ReplayStudent], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
+            constrain: Annotated[Optional[Backend], typer.Option(help="Also evaluate every student with grammar-constrained decoding.")] = None,
             data_dir: DataOpt = None) -> None:
     """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
     from fcagent.distill import PRESETS
     from fcagent.distill import distill as run_distill
 
-    methods = list(method) if method else None
-    if methods and baseline and baseline not in methods:
-        methods = [baseline, *methods]
-    if preset not in PRESETS:
-        raise UserError(f"`--preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
-    overrides = {k: v for k, v in {"test_problems": test_problems, "train_problems": train_problems,
-                                   "replay_contexts": replay_contexts, "replay_student": replay_student,
-                                   "constrain": constrain}.items() if v is not None}
-    chosen: Any = preset
+    methods = [m.value for m in method] if method else None
+    if methods and baseline.value not in methods:
+        methods = [baseline.value, *methods]
+    overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in {
+        "test_problems": test_problems, "train_problems": train_problems, "replay_contexts": replay_contexts,
+        "replay_student": replay_student, "constrain": constrain}.items() if v is not None}
+    chosen: Any = preset.value
     if overrides:
-        from pydantic import ValidationError
-
         from fcagent.distill import DistillPreset
 
-        try:
-            chosen = DistillPreset.model_validate({**PRESETS[preset].model_dump(), **overrides, "name": preset})
-        except ValidationError as exc:
-            raise UserError(f"distill options: {exc}") from exc
+        chosen = DistillPreset.model_validate({**PRESETS[preset.value].model_dump(), **overrides, "name": preset.value})
     report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=chosen, methods=methods,
-                         rounds=rounds, data_dir=data_dir, progress_factory=_progress, log=console.print)
+                         rounds=rounds, data_dir=_data_dir(data_dir), progress_factory=_progress, log=console.print)
     _print_report(report)
     console.print(f"report: {out / 'report.md'}  plots: {out / 'evaluation.png'}")
 
 
 def main() -> None:
-    try:
-        app()
-    except (UserError, StoreError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
-    except Exception as exc:  # data errors and the like: a message, not a traceback
-        from fcagent.tasks.base import DataError
-
-        if isinstance(exc, DataError):
-            console.print(f"[red]error:[/] {exc}")
-            sys.exit(2)
-        raise
+    app()
 
 
 if __name__ == "__main__":

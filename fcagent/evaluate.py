@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from fcagent import keys
+from fcagent.errors import UserError
 from fcagent.models import resolve_model
 from fcagent.runner import EpisodeResult, run_problems
 from fcagent.tasks import get_task
 from fcagent.tasks.base import Problem
 
-__all__ = ["mcnemar_exact", "bootstrap_ci", "ModelSummary", "evaluate", "summarize", "write_report"]
+__all__ = ["mcnemar_exact", "bootstrap_ci", "ModelSummary", "evaluate", "summarize", "write_report", "model_names"]
 
 
 def mcnemar_exact(a: list[bool], b: list[bool]) -> dict[str, Any]:
@@ -67,6 +69,31 @@ class ModelSummary(BaseModel):
     prompt_tokens_per_problem: float
     completion_tokens_per_problem: float
     wall_s_per_problem: float
+    run_errors: int = 0  # problems whose run raised (a broken spec, an outage): counted as wrong
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}")
+
+
+def model_names(items: list[str]) -> dict[str, str]:
+    """`--model NAME=SPEC` (or a bare SPEC, named after its last path part) as {name: spec}. Names
+    become file names, so they are checked, and two models never share one."""
+    models: dict[str, str] = {}
+    for item in items:
+        name, eq, spec = item.partition("=") if "=" in item.split("?")[0] and not item.startswith(("/", ".")) else ("", "", item)
+        if not eq:
+            name = Path(spec.split("?")[0].rstrip("/")).name or spec
+        if not spec:
+            raise UserError(f"`--model {item}` names no model spec after `=`")
+        if not _NAME.fullmatch(name):
+            raise UserError(f"`--model {item}`: the name {name!r} must be letters, digits, `_.+-` (it names files); "
+                            "write NAME=SPEC")
+        if name in models:
+            raise UserError(f"`--model` name {name!r} is given twice ({models[name]} and {spec}); name them NAME=SPEC")
+        models[name] = spec
+    if not models:
+        raise UserError("give at least one `--model NAME=SPEC`")
+    return models
 
 
 def summarize(name: str, spec: str, results: list[EpisodeResult]) -> ModelSummary:
@@ -80,11 +107,15 @@ def summarize(name: str, spec: str, results: list[EpisodeResult]) -> ModelSummar
         mean_steps=sum(r.steps for r in results) / max(1, n),
         prompt_tokens_per_problem=sum(r.prompt_tokens for r in results) / max(1, n),
         completion_tokens_per_problem=sum(r.completion_tokens for r in results) / max(1, n),
-        wall_s_per_problem=sum(r.wall_s for r in results) / max(1, n))
+        wall_s_per_problem=sum(r.wall_s for r in results) / max(1, n),
+        run_errors=sum(r.status == "error" for r in results))
 
 
-def _load_results(path: Path, problem_ids: list[str]) -> list[EpisodeResult] | None:
-    if not path.exists():
+def _load_results(path: Path, problem_ids: list[str], key: dict[str, Any]) -> list[EpisodeResult] | None:
+    """Results kept from an earlier run, if they are of the same model (the full spec, the settings)
+    on the same problems."""
+    key_file = path.with_suffix(".key.json")
+    if not path.exists() or not key_file.exists() or json.loads(key_file.read_text()) != key:
         return None
     rows = [EpisodeResult.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
     by_id = {r.problem_id: r for r in rows}
@@ -113,7 +144,9 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
     per_model: dict[str, list[EpisodeResult]] = {}
     for name, spec in models.items():
         cache = out / "results" / f"{name}.jsonl"
-        cached = _load_results(cache, ids)
+        key = {"spec": spec, "model_kwargs": {} if spec == "reference" else (model_kwargs or {}), "protocol": protocol,
+               "max_steps": max_steps, "task": t.spec}
+        cached = _load_results(cache, ids, json.loads(json.dumps(key, default=str)))
         if cached is not None:
             per_model[name] = cached
             continue
@@ -139,6 +172,7 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
         if progress is not None:
             progress.stop()
         cache.write_text("".join(r.model_dump_json(exclude={"transcript"}) + "\n" for r in results))
+        cache.with_suffix(".key.json").write_text(json.dumps(key, default=str))
         per_model[name] = results
     summaries = {name: summarize(name, models[name], rs) for name, rs in per_model.items()}
     tests = {}

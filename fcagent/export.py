@@ -65,7 +65,7 @@ from fcagent.store import TraceStore, open_store, write_jsonl_atomic
 from fcagent.tasks.base import split_of
 
 __all__ = ["candidate_identity", "structural_error", "PreferencePair", "SftRow", "ExportSettings", "ExportResult", "ExportError", "export_preference_pairs",
-           "export_sft", "validate_pair", "load_pairs", "STUDENT_ROLES"]
+           "export_sft", "validate_pair", "validate_sft_row", "load_pairs", "STUDENT_ROLES"]
 
 PairSource = Literal["step", "trajectory", "teacher_student"]
 STUDENT_ROLES = keys.STUDENT_ROLES
@@ -138,7 +138,26 @@ def validate_pair(row: dict[str, Any], where: str = "row") -> None:
             raise ExportError(f"{where}: `{key}` may only hold assistant messages (tool output is never trained on)")
     if row["chosen"] == row["rejected"]:
         raise ExportError(f"{where}: `chosen` and `rejected` are identical")
-    json.loads(row.get("tools", "[]"))
+    try:
+        json.loads(row.get("tools", "[]"))
+    except (json.JSONDecodeError, TypeError):
+        raise ExportError(f"{where}: `tools` must be a JSON string of function schemas") from None
+
+
+def validate_sft_row(row: dict[str, Any], where: str = "row") -> None:
+    """Check an SFT row: `messages` a list of role/content messages ending with an assistant turn."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ExportError(f"{where}: `messages` must be a non-empty list of messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+            raise ExportError(f"{where}: `messages[{i}].role` must be system/user/assistant/tool")
+        if not isinstance(m.get("content", ""), str):
+            raise ExportError(f"{where}: `messages[{i}].content` must be a string")
+    if messages[-1]["role"] != "assistant":
+        raise ExportError(f"{where}: the last message must be the assistant's (what SFT trains on)")
+    if not isinstance(row.get("tools", "[]"), str):
+        raise ExportError(f"{where}: `tools` must be a JSON string of function schemas")
 
 
 # --- judging candidates --------------------------------------------------------------------------
@@ -376,53 +395,57 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
     seen: set[bytes] = set()
     out_dir = Path(out) if out else Path(tempfile.mkdtemp(prefix="fcagent-export-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    spool = out_dir / f".{kind}.spool"
     n = 0
 
     def measure(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(text)
 
-    with spool.open("w", encoding="utf-8") as f:
-        for group in _groups(trace_store, settings, dropped):
-            pairs, sft = _pairs_for_group(group, settings, reasons, dropped, trace_store)
-            rows = pairs if kind == "dpo" else sft
-            for row in rows:
-                data = row.model_dump()
-                if redactor is not None:  # every field: messages, tool arguments, reasons, ids alike
-                    data = redactor.redact_value(data)
-                identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
-                                       data.get("rejected")], sort_keys=True)
-                # A digest, not the row: the dedup set then costs ~100 bytes a row (flat memory).
-                digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
-                if digest in seen:
-                    dropped["duplicate"] += 1
-                    continue
-                problem = f"{data.get('task')}:{data.get('problem_id')}"
-                if data.get("problem_id") and per_problem[problem] >= settings.max_pairs_per_problem:
-                    dropped["over the per-problem cap"] += 1
-                    continue
-                if kind == "dpo":
-                    validate_pair(data, where=f"pair for context {data['context_hash']}")
-                seen.add(digest)
-                per_problem[problem] += 1
-                by_source[data.get("source", "sft")] += 1
-                by_task[data.get("task") or "-"] += 1
-                prompt_msgs = data.get("prompt") or data["messages"][:-1]
-                lengths["prompt"].append(measure("".join(m["content"] for m in prompt_msgs)))
-                completion = data["chosen"][0]["content"] if kind == "dpo" else data["messages"][-1]["content"]
-                lengths["completion"].append(measure(completion))
-                f.write(json.dumps(data, ensure_ascii=False) + "\n")
-                n += 1
-    seen.clear()
-    if n == 0:
+    # A spool of its own (two exports into one folder must not share one), removed whatever happens.
+    fd, spool_name = tempfile.mkstemp(dir=out_dir, prefix=f".{kind}.", suffix=".spool")
+    os.close(fd)
+    spool = Path(spool_name)
+    try:
+        with spool.open("w", encoding="utf-8") as f:
+            for group in _groups(trace_store, settings, dropped):
+                pairs, sft = _pairs_for_group(group, settings, reasons, dropped, trace_store)
+                rows = pairs if kind == "dpo" else sft
+                for row in rows:
+                    data = row.model_dump()
+                    if redactor is not None:  # every field: messages, tool arguments, reasons, ids alike
+                        data = redactor.redact_value(data)
+                    identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
+                                           data.get("rejected")], sort_keys=True)
+                    # A digest, not the row: the dedup set then costs ~100 bytes a row (flat memory).
+                    digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
+                    if digest in seen:
+                        dropped["duplicate"] += 1
+                        continue
+                    problem = f"{data.get('task')}:{data.get('problem_id')}"
+                    if data.get("problem_id") and per_problem[problem] >= settings.max_pairs_per_problem:
+                        dropped["over the per-problem cap"] += 1
+                        continue
+                    if kind == "dpo":
+                        validate_pair(data, where=f"pair for context {data['context_hash']}")
+                    seen.add(digest)
+                    per_problem[problem] += 1
+                    by_source[data.get("source", "sft")] += 1
+                    by_task[data.get("task") or "-"] += 1
+                    prompt_msgs = data.get("prompt") or data["messages"][:-1]
+                    lengths["prompt"].append(measure("".join(m["content"] for m in prompt_msgs)))
+                    completion = data["chosen"][0]["content"] if kind == "dpo" else data["messages"][-1]["content"]
+                    lengths["completion"].append(measure(completion))
+                    f.write(json.dumps(data, ensure_ascii=False) + "\n")
+                    n += 1
+        seen.clear()
+        if n == 0:
+            stats = trace_store.stats()
+            if settings.unlabelled == "skip" and (stats["labels"] == 0 or stats["unlabelled_episodes"] == stats["episodes"]):
+                raise ExportError(_unlabelled_message(trace_store))
+            raise ExportError(_no_rows_message(trace_store, kind, dropped))
+        path = out_dir / ("pairs.jsonl" if kind == "dpo" else "sft.jsonl")
+        write_jsonl_atomic(path, _shuffled(spool, settings.seed))
+    finally:
         spool.unlink(missing_ok=True)
-        stats = trace_store.stats()
-        if settings.unlabelled == "skip" and (stats["labels"] == 0 or stats["unlabelled_episodes"] == stats["episodes"]):
-            raise ExportError(_unlabelled_message(trace_store))
-        raise ExportError(_no_rows_message(trace_store, kind, dropped))
-    path = out_dir / ("pairs.jsonl" if kind == "dpo" else "sft.jsonl")
-    write_jsonl_atomic(path, _shuffled(spool, settings.seed))
-    spool.unlink(missing_ok=True)
 
     def summary(values: list[int]) -> dict[str, float]:
         if not values:
@@ -468,14 +491,21 @@ def load_pairs(path: str | os.PathLike[str], kind: Literal["dpo", "sft"] = "dpo"
         if not file.exists():
             raise ExportError(f"{file} does not exist; export with `fcagent export --kind {kind}` first")
         rows = []
-        with file.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ExportError(f"{file}:{lineno}: invalid JSON ({exc.msg})") from None
+        try:
+            with file.open(encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ExportError(f"{file}:{lineno}: invalid JSON ({exc.msg})") from None
+                    if not isinstance(rows[-1], dict):
+                        raise ExportError(f"{file}:{lineno}: a row must be a JSON object")
+        except UnicodeDecodeError as exc:
+            raise ExportError(f"{file}: not UTF-8 text (byte {exc.start}); rows are JSON Lines") from None
+        except IsADirectoryError:
+            raise ExportError(f"{file} is a folder, not a JSONL file") from None
     need = ("prompt", "chosen", "rejected") if kind == "dpo" else ("messages",)
     for i, row in enumerate(rows, 1):
         missing = [k for k in need if k not in row]
@@ -483,6 +513,8 @@ def load_pairs(path: str | os.PathLike[str], kind: Literal["dpo", "sft"] = "dpo"
             raise ExportError(f"{path}: row {i} has no column(s) {', '.join(missing)} (expected {', '.join(need)})")
         if kind == "dpo":
             validate_pair(row, where=f"{path}: row {i}")
+        else:
+            validate_sft_row(row, where=f"{path}: row {i}")
     if not rows:
         raise ExportError(f"{path} holds no rows")
     keep = [*need, "tools"]

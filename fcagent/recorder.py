@@ -248,7 +248,8 @@ class TraceRecorder(BaseCallbackHandler):
         self._order = 0
         self._warned_models: set[str] = set()
         self.last_episode_id: str | None = None
-        self.episodes_written = 0
+        self.episodes_written = 0  # stored by this recorder
+        self.episodes_present = 0  # already in the store (an id, or a `DEDUPE` key, seen before): not stored again
 
     # --- episode bookkeeping -------------------------------------------------------------------
 
@@ -289,7 +290,7 @@ class TraceRecorder(BaseCallbackHandler):
         trace = episode_from_buffer(buf)
         self._warn_missing_tools(trace)
         try:
-            self.store.write_episode(trace)
+            stored = self.store.write_episode(trace)
         except Exception as exc:  # noqa: BLE001 - reported or raised, as the caller chose
             failure = StoreWriteError(trace["episode"]["id"], exc)
             self.write_errors.append(failure)
@@ -298,7 +299,10 @@ class TraceRecorder(BaseCallbackHandler):
                 raise failure from exc
             return
         self.last_episode_id = trace["episode"]["id"]
-        self.episodes_written += 1
+        if stored:
+            self.episodes_written += 1
+        else:
+            self.episodes_present += 1
 
     def _warn_missing_tools(self, trace: dict[str, Any]) -> None:
         for comp in trace["completions"]:

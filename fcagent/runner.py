@@ -12,6 +12,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
+from fcagent import keys
+from fcagent.errors import UserError
 from fcagent.graph import build_agent_graph
 from fcagent.recorder import TraceRecorder
 from fcagent.store import TraceStore
@@ -60,7 +62,8 @@ def with_sampling(model: BaseChatModel, *, samples: int = 1, temperature: float 
     fields = type(model).model_fields
     if samples > 1:
         if "n" not in fields:
-            raise ValueError(f"{type(model).__name__} has no `n` field: it cannot sample several candidates per call")
+            raise UserError(f"`samples` {samples}: {type(model).__name__} has no `n` field, so it cannot return several "
+                            "candidates per call; use `samples` 1 with it")
         update["n"] = samples
     if temperature is not None and "temperature" in fields:
         update["temperature"] = temperature
@@ -70,18 +73,26 @@ def with_sampling(model: BaseChatModel, *, samples: int = 1, temperature: float 
 def run_problems(model: BaseChatModel, task: Task, problems: list[Problem], *, store: TraceStore | None = None,
                  protocol: str = "auto", max_steps: int | None = None, examples: list | None = None,
                  concurrency: int = 1, metadata: dict[str, Any] | None = None,
-                 on_result: Callable[[Problem, EpisodeResult], None] | None = None) -> list[EpisodeResult]:
-    """Run every problem through one graph; record into `store` when given. Results in input order."""
+                 on_result: Callable[[Problem, EpisodeResult], None] | None = None,
+                 recorder: TraceRecorder | None = None, dedupe: bool = False) -> list[EpisodeResult]:
+    """Run every problem through one graph; record into `store` (or through `recorder`) when given.
+    Results in input order. `dedupe`: the store keeps one episode per problem for this model and role
+    (two `harvest --resume` runs at once do not store a problem twice)."""
     max_steps = max_steps or task.max_steps
     graph = build_agent_graph(model, task=task, protocol=protocol, examples=examples, max_steps=max_steps)
-    recorder = TraceRecorder(store, **(metadata or {})) if store is not None else None
+    if recorder is None and store is not None:
+        recorder = TraceRecorder(store, **(metadata or {}))
 
     def one(problem: Problem) -> EpisodeResult:
         usage = _Usage()
         callbacks: list[Any] = [usage] + ([recorder] if recorder else [])
         started = time.perf_counter()
+        meta = dict(metadata or {})
+        if dedupe:
+            meta[keys.DEDUPE] = "|".join(str(x) for x in (task.name, problem.id, meta.get(keys.MODEL),
+                                                          meta.get(keys.ROLE), meta.get(keys.SAMPLES)))
         try:
-            state = graph.invoke({"problem": problem}, {"callbacks": callbacks, "metadata": dict(metadata or {}),
+            state = graph.invoke({"problem": problem}, {"callbacks": callbacks, "metadata": meta,
                                                         "recursion_limit": 4 * max_steps + 10})
         except Exception as exc:  # noqa: BLE001 - one broken episode (e.g. a remote teacher's outage)
             # is recorded as an error episode by the recorder and counted as a failure, not a crash.

@@ -212,7 +212,10 @@ class TraceStore:
             try:
                 cur = self._conn.execute(f"{verb} INTO episodes VALUES ({_marks(_EPISODE_COLS)})", rows["episode"])
                 if cur.rowcount == 0:
-                    self._conn.executemany(_INSERT_LABEL, rows["labels"])
+                    # The id is known: merge its labels. Else its dedupe key was (another harvest stored
+                    # this problem first): nothing of it is written.
+                    if self._conn.execute("SELECT 1 FROM episodes WHERE id=?", (rows["episode"][0],)).fetchone():
+                        self._conn.executemany(_INSERT_LABEL, rows["labels"])
                     self._conn.execute("COMMIT")
                     return False
                 self._conn.executemany("INSERT OR IGNORE INTO message_blobs VALUES (?, ?)", rows["blobs"])
@@ -287,6 +290,11 @@ class TraceStore:
             cur = conn.execute(sql, params)
             while rows := cur.fetchmany(batch):
                 yield from rows
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise StoreError(f"{self.path} stayed locked by another writer for {self.timeout:g} s") from None
+            raise StoreError(f"{self.path} cannot be read: {exc}. The file is damaged; `sqlite3 {self.path} "
+                             "\".recover\"` may save what is left into a new store") from None
         finally:
             conn.close()
 
@@ -457,16 +465,26 @@ class TraceStore:
         """Validate every line first, then add the new episodes; returns (added, already present)."""
         path = Path(path)
         traces = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    traces.append(EpisodeTrace.model_validate_json(line))
-                except ValidationError as exc:
-                    err = exc.errors()[0]
-                    field = ".".join(str(p) for p in err["loc"]) or "line"
-                    raise StoreError(f"{path}:{lineno}: `{field}`: {err['msg']}; nothing was imported") from None
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder; import takes a JSONL file written by `fcagent traces export`")
+        try:
+            with path.open("rb") as f:
+                if f.read(16) == b"SQLite format 3\x00":
+                    raise StoreError(f"{path} is an SQLite store, not a JSONL export; use it with `--store {path}`")
+            with path.open(encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        traces.append(EpisodeTrace.model_validate_json(line))
+                    except ValidationError as exc:
+                        err = exc.errors()[0]
+                        field = ".".join(str(p) for p in err["loc"]) or "line"
+                        raise StoreError(f"{path}:{lineno}: `{field}`: {err['msg']}; nothing was imported") from None
+        except FileNotFoundError:
+            raise StoreError(f"{path}: no such file") from None
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"{path}: not UTF-8 text (byte {exc.start}); import takes a JSONL export") from None
         added = sum(self.write_episode(t) for t in traces)
         return added, len(traces) - added
 

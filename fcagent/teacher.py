@@ -33,6 +33,7 @@ class ReferenceTeacher(BaseChatModel):
     problems: list[Problem] = Field(default_factory=list)
     preferred_protocol: str = "text"
     model_name: str = "reference-teacher"
+    n: int = Field(1, ge=1, description="Copies of each reply (the gold step is the same every time).")
     _by_id: dict[str, Problem] = PrivateAttr(default_factory=dict)
     _by_question: dict[str, Problem | None] = PrivateAttr(default_factory=dict)
 
@@ -82,5 +83,5 @@ class ReferenceTeacher(BaseChatModel):
             message = AIMessage(content="", tool_calls=[{"name": c.name, "args": c.args, "id": c.id} for c in calls])
         else:
             message = AIMessage(content=format_calls(calls))
-        n = int(kwargs.get("n") or 1)
+        n = int(kwargs.get("n") or self.n)
         return ChatResult(generations=[ChatGeneration(message=message) for _ in range(n)])

@@ -85,7 +85,7 @@ def test_bad_inputs_are_clear_errors(pairs_dir, tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="no column\\(s\\) chosen, rejected"):
         train(tmp_path / "cols", str(tiny_model_dir), tmp_path / "r")
     with pytest.raises(UserError, match="no training rows left.*prompt longer than max_length"):
-        train(pairs_dir, str(tiny_model_dir), tmp_path / "r", settings=TrainSettings(max_length=8, max_steps=1))
+        train(pairs_dir, str(tiny_model_dir), tmp_path / "r", settings=TrainSettings(max_length=16, max_steps=1))
     run = tmp_path / "run"
     train(pairs_dir, str(tiny_model_dir), run, settings=TrainSettings(max_steps=1, bf16=False))
     tampered = tmp_path / "tampered"
@@ -100,6 +100,38 @@ def test_bad_inputs_are_clear_errors(pairs_dir, tiny_model_dir, tmp_path):
     (tampered / "adapter" / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(UserError, match="no adapter.*never loaded"):
         load_chat_model(str(tampered))
+
+
+def test_a_run_folder_loads_only_what_its_manifest_hashes_from_inside_itself(pairs_dir, tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    train(pairs_dir, str(tiny_model_dir), run, settings=TrainSettings(max_steps=1))
+    good = json.loads((run / "fcagent_run.json").read_text())
+
+    def variant(name, **changes):
+        folder = tmp_path / name
+        shutil.copytree(run, folder)
+        manifest = {**good, **changes}
+        for key in [k for k, v in changes.items() if v is None]:
+            manifest.pop(key)
+        (folder / "fcagent_run.json").write_text(json.dumps(manifest))
+        return folder
+
+    with pytest.raises(UserError, match="records no sha256 for adapter 'adapter'"):
+        load_chat_model(str(variant("unhashed", adapter_sha256=None)))
+    outside = variant("outside", adapters=["../run/adapter"], adapter_sha256={"../run/adapter": good["adapter_sha256"]["adapter"]})
+    with pytest.raises(UserError, match="outside the run folder"):
+        load_chat_model(str(outside))
+    with pytest.raises(UserError, match="base_model"):
+        load_chat_model(str(variant("nobase", base_model=None)))
+    selfish = variant("selfish")
+    manifest = json.loads((selfish / "fcagent_run.json").read_text())
+    (selfish / "fcagent_run.json").write_text(json.dumps({**manifest, "base_model": str(selfish)}))
+    with pytest.raises(UserError, match="leads back to this run folder"):
+        load_chat_model(str(selfish))
+    listed = variant("listed")
+    (listed / "fcagent_run.json").write_text("[]")
+    with pytest.raises(UserError, match="must be a JSON object"):
+        load_chat_model(str(listed))
 
 
 def test_exported_pairs_from_a_bundled_model_harvest_train_with_dpo(tmp_path, data_dir, tiny_model_dir):

@@ -17,7 +17,9 @@ TASK_FAMILIES: dict[str, type[Task]] = {"math": MathTask, "logic": LogicTask, "b
 
 def get_task(spec: str, *, data_dir: str | Path | None = None) -> Task:
     """A task from its spec: a family and optionally a source, e.g. `math`, `math:gsm8k`, `bfcl:multiple`."""
-    family, _, source = spec.partition(":")
+    family, colon, source = (spec or "").partition(":")
     if family not in TASK_FAMILIES:
         raise DataError(f"`task` must be one of {', '.join(TASK_FAMILIES)} (optionally `family:source`), got {spec!r}")
+    if colon and not source.strip():
+        raise DataError(f"`task` {spec!r} names no source after the colon (e.g. `{family}` or `{family}:<source>`)")
     return TASK_FAMILIES[family](source or None, data_dir=data_dir)
