@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="Also time `distill --preset quick` stage by stage.")
     parser.add_argument("--resume", action="store_true", help="Keep results already in results.json; run the rest.")
     args = parser.parse_args()
-    from benchmarks import (constrained, dpo_throughput, export_scale, generation, stages, store_writers, student_cost,
-                            tracing)
+    from benchmarks import (constrained, dpo_throughput, export_scale, generation, redaction, stages, store_writers,
+                            student_cost, tracing)
 
     path = HERE / "results.json"
     results: dict = json.loads(path.read_text()) if args.resume and path.exists() else {}
@@ -39,6 +39,7 @@ def main() -> None:
         "student_cost": lambda: student_cost.run(problems=4 if args.quick else 10),
         "dpo_throughput": lambda: dpo_throughput.run(None, steps=2 if args.quick else 6),
         "constrained": lambda: constrained.run(problems=5 if args.quick else 20),
+        "redaction": lambda: redaction.run(mb=0.25 if args.quick else 1.0),
     }
     if args.stages:
         plan["stages"] = stages.run
@@ -98,6 +99,13 @@ def main() -> None:
                          f"replies with a known call | {d['tokens_per_second']} tok/s, {d['replies_with_a_known_call']} | "
                          f"unconstrained {cd['decode']['none']['tokens_per_second']} tok/s, "
                          f"{cd['decode']['none']['replies_with_a_known_call']} | {cd['decode_speed_vs_unconstrained'][b]:.2f}x |")
+    if "redaction" in results:
+        r = results["redaction"]
+        lines.append(f"| redaction, worst of {len(r['fcagent_s_per_input'])} adversarial inputs of {r['size_mb']} MB | "
+                     f"{r['fcagent_worst']['seconds']} s ({r['fcagent_worst']['input']}; time x"
+                     f"{max(r['fcagent_growth_when_doubled'].values()):.1f} when the size doubles) | previous rules: "
+                     f"~{r['previous_worst']['extrapolated_seconds_per_mb']} s per MB ({r['previous_worst']['input']}, "
+                     f"time x{max(r['previous_growth_when_doubled'].values()):.1f} when doubled) | – |")
     if "stages" in results:
         st = results["stages"]
         lines.append(f"| `distill --preset quick` end to end | {st['total_seconds'] / 60:.1f} min "

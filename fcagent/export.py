@@ -106,6 +106,14 @@ class ExportSettings(BaseModel):
     unlabelled: Literal["skip", "good"] = Field(
         "skip", description="Episodes nobody labelled: `skip` their calls, or take them as `good` (for production "
         "traffic where only bad runs get flagged).")
+    sft_rows: Literal["chain", "step"] = Field(
+        "chain", description="SFT rows: one per episode whose every step is good (loss on every assistant turn; "
+        "6x fewer tokens than a row per step on ProntoQA), the good steps of other episodes as rows of their own; "
+        "or `step`: a row per good model call.")
+    prompt_style: Literal["as_recorded", "compact"] = Field(
+        "as_recorded", description="The system prompt the rows carry: as the teacher saw it, or re-rendered in the "
+        "compact student style (fcagent's text protocol records the prompt's parts for this; native calls get the "
+        "tools the way LocalChatModel renders them).")
     max_pairs_per_context: int = Field(4, ge=1)
     max_pairs_per_problem: int = Field(16, ge=1)
     seed: int = 0
@@ -256,13 +264,61 @@ def _groups(store: TraceStore, settings: ExportSettings, dropped: Counter) -> It
         yield group
 
 
-def _student_view(row: dict[str, Any], store: TraceStore) -> list[dict[str, Any]]:
+def _student_view(row: dict[str, Any], store: TraceStore, style: str = "as_recorded",
+                  reply: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The messages of a model call as the student sees them at inference (`LocalChatModel.render`),
+    its reply appended when given; every earlier assistant turn is marked `train: false` (a row per
+    step trains only its last turn)."""
     (stored,) = store.messages_of([row])
     messages = [to_langchain(m) for m in stored]
+    if reply is not None:
+        messages.append(to_langchain(reply))
     tools = json.loads(row["tools"])
-    if row["protocol"] != "text" and tools:  # what LocalChatModel.render puts in front of native calls
-        messages = [SystemMessage(render_system_prompt(tools)), *messages]
-    return to_chat_dicts(messages)
+    parts = json.loads(row["prompt"]) if row.get("prompt") else None
+    if row["protocol"] == "text" and style == "compact" and parts and parts.get("style") != "compact" and \
+            messages and isinstance(messages[0], SystemMessage):
+        prompt = render_system_prompt(tools, instructions=parts.get("instructions") or "", system=parts.get("system"),
+                                      style="compact")
+        messages[0] = SystemMessage("\n\n".join([*(parts.get("leading") or []), prompt]))
+    elif row["protocol"] != "text" and tools:  # what LocalChatModel.render puts in front of native calls
+        native = "compact" if style == "compact" else "examples"
+        messages = [SystemMessage(render_system_prompt(tools, style=native)), *messages]
+    dicts = to_chat_dicts(messages)
+    return [{**m, "train": False} if m["role"] == "assistant" else m for m in dicts]
+
+
+def _chain_rows(store: TraceStore, settings: ExportSettings, good_calls: set[str]) -> Iterator[SftRow]:
+    """Whole-chain SFT rows: an episode whose every executed reply is good becomes one conversation that
+    trains every assistant turn; the good replies of any other episode become rows of their own."""
+    episode: list[dict[str, Any]] = []
+    for row in store.calls_by_episode(task=settings.task):
+        split = row["split"] or (split_of(row["problem_id"]) if row["problem_id"] else None)
+        if split in settings.exclude_splits:
+            continue
+        if episode and episode[0]["episode_id"] != row["episode_id"]:
+            yield from _episode_rows(episode, store, settings, good_calls)
+            episode = []
+        episode.append(row)
+    if episode:
+        yield from _episode_rows(episode, store, settings, good_calls)
+
+
+def _episode_rows(calls: list[dict[str, Any]], store: TraceStore, settings: ExportSettings,
+                  good_calls: set[str]) -> Iterator[SftRow]:
+    whole = all(c["id"] in good_calls for c in calls)
+    for c in calls if not whole else calls[-1:]:
+        if c["id"] not in good_calls:
+            continue
+        reply = json.loads(c["candidates"])[0]["message"]
+        messages = _student_view(c, store, settings.prompt_style, reply=reply)
+        yield SftRow(messages=_trainable(messages, every_turn=whole), tools=c["tools"], task=c["task"],
+                     problem_id=c["problem_id"], context_hash=c["context_hash"])
+
+
+def _trainable(messages: list[dict[str, Any]], *, every_turn: bool) -> list[dict[str, Any]]:
+    """Mark the assistant turns SFT trains on: every one (a whole chain) or only the last (a step)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return [{**m, "train": every_turn or i == last} if m["role"] == "assistant" else m for i, m in enumerate(messages)]
 
 
 class _Bad(BaseModel):
@@ -273,17 +329,21 @@ class _Bad(BaseModel):
 
 
 def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reasons: Counter,
-                     dropped: Counter, store: TraceStore) -> tuple[list[PreferencePair], list[SftRow]]:
+                     dropped: Counter, store: TraceStore,
+                     good_calls: set[str] | None = None) -> tuple[list[PreferencePair], list[SftRow]]:
     good: dict[str, tuple[str, dict]] = {}
     bad: dict[str, _Bad] = {}
     diverged: list[tuple[str, str, Judgement, dict]] = []
+    executed: list[tuple[str, str]] = []  # (model call id, its executed reply's identity), judged good
     for row in group:
         candidates = json.loads(row["candidates"])
         student = row["role"] in STUDENT_ROLES
-        for cand, judged in zip(candidates, _judge(row, settings)):
+        for i, (cand, judged) in enumerate(zip(candidates, _judge(row, settings))):
             key = candidate_identity(cand)
             if judged.verdict == "good":
                 good.setdefault(key, (_response(cand), row))
+                if i == 0:
+                    executed.append((row["id"], key))
             elif judged.verdict == "bad":
                 bad.setdefault(key, _Bad(source="teacher_student" if student else "step", judgement=judged,
                                          text=_response(cand), row=row))
@@ -294,6 +354,8 @@ def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reas
     for key in set(good) & set(bad):  # two verdicts on the same reply (e.g. two users disagreeing)
         del good[key], bad[key]
         dropped["reply judged both good and bad"] += 1
+    if good_calls is not None:  # the model calls whose executed reply is good (whole-chain SFT rows)
+        good_calls.update(call_id for call_id, key in executed if key in good)
     # Where a good answer makes no call (BFCL irrelevance: "none of the functions applies"), a
     # reply in words is not a parse failure; only calls are wrong there.
     if any(not k.startswith("[[") for k in good):
@@ -310,9 +372,10 @@ def _pairs_for_group(group: list[dict[str, Any]], settings: ExportSettings, reas
     sft = []
     prompt = None
     if good:
-        prompt = _student_view(base, store)
-        sft = [SftRow(messages=[*prompt, {"role": "assistant", "content": text}], tools=tools_json,
-                      task=row["task"], problem_id=row["problem_id"], context_hash=base["context_hash"])
+        prompt = [{k: v for k, v in m.items() if k != "train"} for m in _student_view(base, store, settings.prompt_style)]
+        sft = [SftRow(messages=_trainable([*prompt, {"role": "assistant", "content": text}], every_turn=False),
+                      tools=tools_json, task=row["task"], problem_id=row["problem_id"],
+                      context_hash=base["context_hash"])
                for text, row in good.values()]
     pairs: list[PreferencePair] = []
     wanted = {"step": settings.level in ("step", "both"), "trajectory": settings.level in ("trajectory", "both"),
@@ -406,36 +469,45 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
     spool = Path(spool_name)
     try:
         with spool.open("w", encoding="utf-8") as f:
+
+            def emit(row: BaseModel) -> None:
+                nonlocal n
+                data = row.model_dump()
+                if redactor is not None:  # every field: messages, tool arguments, reasons, ids alike
+                    data = redactor.redact_value(data)
+                identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
+                                       data.get("rejected")], sort_keys=True)
+                # A digest, not the row: the dedup set then costs ~100 bytes a row (flat memory).
+                digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
+                if digest in seen:
+                    dropped["duplicate"] += 1
+                    return
+                problem = f"{data.get('task')}:{data.get('problem_id')}"
+                if data.get("problem_id") and per_problem[problem] >= settings.max_pairs_per_problem:
+                    dropped["over the per-problem cap"] += 1
+                    return
+                if kind == "dpo":
+                    validate_pair(data, where=f"pair for context {data['context_hash']}")
+                seen.add(digest)
+                per_problem[problem] += 1
+                by_source[data.get("source", "sft")] += 1
+                by_task[data.get("task") or "-"] += 1
+                prompt_msgs = data.get("prompt") or data["messages"][:-1]
+                lengths["prompt"].append(measure("".join(m["content"] for m in prompt_msgs)))
+                completion = data["chosen"][0]["content"] if kind == "dpo" else data["messages"][-1]["content"]
+                lengths["completion"].append(measure(completion))
+                f.write(json.dumps(data, ensure_ascii=False) + "\n")
+                n += 1
+
+            chains = kind == "sft" and settings.sft_rows == "chain"
+            good_calls: set[str] | None = set() if chains else None
             for group in _groups(trace_store, settings, dropped):
-                pairs, sft = _pairs_for_group(group, settings, reasons, dropped, trace_store)
-                rows = pairs if kind == "dpo" else sft
-                for row in rows:
-                    data = row.model_dump()
-                    if redactor is not None:  # every field: messages, tool arguments, reasons, ids alike
-                        data = redactor.redact_value(data)
-                    identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
-                                           data.get("rejected")], sort_keys=True)
-                    # A digest, not the row: the dedup set then costs ~100 bytes a row (flat memory).
-                    digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
-                    if digest in seen:
-                        dropped["duplicate"] += 1
-                        continue
-                    problem = f"{data.get('task')}:{data.get('problem_id')}"
-                    if data.get("problem_id") and per_problem[problem] >= settings.max_pairs_per_problem:
-                        dropped["over the per-problem cap"] += 1
-                        continue
-                    if kind == "dpo":
-                        validate_pair(data, where=f"pair for context {data['context_hash']}")
-                    seen.add(digest)
-                    per_problem[problem] += 1
-                    by_source[data.get("source", "sft")] += 1
-                    by_task[data.get("task") or "-"] += 1
-                    prompt_msgs = data.get("prompt") or data["messages"][:-1]
-                    lengths["prompt"].append(measure("".join(m["content"] for m in prompt_msgs)))
-                    completion = data["chosen"][0]["content"] if kind == "dpo" else data["messages"][-1]["content"]
-                    lengths["completion"].append(measure(completion))
-                    f.write(json.dumps(data, ensure_ascii=False) + "\n")
-                    n += 1
+                pairs, sft = _pairs_for_group(group, settings, reasons, dropped, trace_store, good_calls)
+                for row in pairs if kind == "dpo" else ([] if chains else sft):
+                    emit(row)
+            if chains:
+                for row in _chain_rows(trace_store, settings, good_calls or set()):
+                    emit(row)
         seen.clear()
         if n == 0:
             stats = trace_store.stats()

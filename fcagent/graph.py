@@ -31,7 +31,7 @@ from fcagent import keys
 from fcagent.calls import Call, CallParseError, parse_calls, schema_error
 from fcagent.errors import UserError
 from fcagent.records import StepError
-from fcagent.prompting import OBSERVATION_PREFIX, render_system_prompt, tool_schemas
+from fcagent.prompting import OBSERVATION_PREFIX, PROMPT_STYLES, render_system_prompt, tool_schemas
 from fcagent.tasks.base import Problem, Task, WorkedExample
 
 __all__ = ["AgentState", "build_agent_graph", "final_answer_tool", "resolve_protocol", "FINAL_ANSWER",
@@ -200,6 +200,9 @@ def build_agent_graph(
     worked = task.examples() if examples is None and task else (examples or [])
     instructions = instructions if instructions is not None else (task.instructions if task else "")
     executes = task.execute if task else True
+    # A trained student is served with the prompt style it was trained with (its run folder says which).
+    style = getattr(model, "prompt_style", None)
+    style = style if style in PROMPT_STYLES else "examples"
 
     cache: dict[str, dict[str, BaseTool]] = {}  # problem id -> tools; tools cost ~1 ms each to build
 
@@ -235,7 +238,7 @@ def build_agent_graph(
         system = problem.system if problem else None
         if proto == "text":
             prompt = render_system_prompt(tool_schemas(list(available.values())), instructions=instructions,
-                                          examples=worked, system=system)
+                                          examples=worked if style == "examples" else None, system=system, style=style)
             runnable: Any = model
         else:
             prompt = "\n\n".join(p for p in (system, instructions) if p)
@@ -246,8 +249,11 @@ def build_agent_graph(
             leading = [SystemMessage("\n\n".join([*(m.content for m in leading), prompt]))]
         # Step numbers are 1-based and match the `step` of the calls and errors parsed from this reply.
         meta: dict[str, Any] = {keys.PROTOCOL: proto, keys.STEP: state.get("steps", 0) + 1}
-        if proto == "text":  # the schemas live only in the prompt text; the recorder keeps them too
+        if proto == "text":  # the schemas live only in the prompt text; the recorder keeps them too, and the
+            # prompt's parts, so an export can render the same context in the student's style
             meta[keys.TOOLS] = tool_schemas(list(available.values()))
+            meta[keys.PROMPT] = {"leading": [m.content for m in state["messages"][:1] if isinstance(m, SystemMessage)],
+                                 "system": system, "instructions": instructions, "style": style}
         if problem is not None:
             meta |= {keys.PROBLEM_ID: problem.id, keys.TASK: problem.task}
         response = runnable.invoke([*leading, *history], merge_configs(config, {"metadata": meta}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["PROTOCOL", "STEP", "TOOLS", "PROBLEM_ID", "TASK", "SPLIT", "MODEL", "ROLE", "SAMPLES", "REPLAYED", "EPISODE_ID", "DEDUPE",
+__all__ = ["PROTOCOL", "STEP", "TOOLS", "PROBLEM_ID", "TASK", "SPLIT", "MODEL", "ROLE", "SAMPLES", "REPLAYED", "EPISODE_ID", "DEDUPE", "PROMPT",
            "Role", "STUDENT_ROLES", "sql_list"]
 
 PROTOCOL = "fcagent_protocol"  # "native" | "text": how the graph talks to the model
@@ -24,6 +24,7 @@ ROLE = "fcagent_role"  # a `Role`
 SAMPLES = "fcagent_samples"
 REPLAYED = "fcagent_replayed"  # the completion id a replayed student call answers
 EPISODE_ID = "fcagent_episode_id"  # the agent-state key TraceMiddleware puts the episode id under
+PROMPT = "fcagent_prompt"  # the text protocol's prompt parts (system, instructions, style): re-rendered on export
 DEDUPE = "fcagent_dedupe"  # an episode the store keeps at most once (`harvest --resume`: task, problem, model)
 
 

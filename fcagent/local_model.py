@@ -42,7 +42,7 @@ from fcagent.batching import RequestBatcher
 from fcagent.calls import Call, CallParseError, calls_error, looks_like_call, parse_calls
 from fcagent.generation import DecodeRequest, DecodeSettings, Decoded, Generator, call_end
 from fcagent.prefix_cache import PrefixCache
-from fcagent.prompting import render_system_prompt, to_chat_dicts, tool_schemas
+from fcagent.prompting import PromptStyle, render_system_prompt, to_chat_dicts, tool_schemas
 
 __all__ = ["LocalChatModel", "to_chat_dicts", "call_end", "reply_message"]
 
@@ -81,7 +81,9 @@ class LocalChatModel(BaseChatModel):
     n: int = Field(default=1, ge=1, description="Candidates per call, sampled from one shared prompt pass.")
     response_prefix: str = Field(default="", description="Text the reply is forced to start with.")
     preferred_protocol: str = "text"
-    prompt_style: str = Field(default="examples", description="'examples' (teacher-style prompt) or 'zero-shot'.")
+    prompt_style: PromptStyle = Field(default="examples", description="How the functions are shown: `examples` "
+                                      "(JSON schemas, worked examples in fcagent's graph) or `compact` (one signature "
+                                      "line each, no examples). A trained run folder sets the style it was trained with.")
     stop_at_call_end: bool = Field(default=True, description="Stop once a reply that opens with a call closes it.")
     stop_sequences: list[str] = Field(default_factory=lambda: ["Observation:"],
                                       description="Generation stops here (a model that writes the tool's answer itself).")
@@ -130,7 +132,7 @@ class LocalChatModel(BaseChatModel):
     def render(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None = None) -> str:
         """The exact prompt text the model sees (chat template applied, generation prompt added)."""
         if tools:
-            messages = [SystemMessage(render_system_prompt(tools)), *messages]
+            messages = [SystemMessage(render_system_prompt(tools, style=self.prompt_style)), *messages]
         text = self.tokenizer.apply_chat_template(to_chat_dicts(messages), tokenize=False, add_generation_prompt=True)
         return text + self.response_prefix
 

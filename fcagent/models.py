@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -115,7 +115,7 @@ class RunManifest(BaseModel):
     adapters: list[str] = Field(default_factory=lambda: ["adapter"])
     adapter_sha256: dict[str, str] = Field(default_factory=dict)
     merged_sha256: str | None = None
-    prompt_style: str | None = None
+    prompt_style: Literal["examples", "compact"] | None = None
 
 
 def file_digest(path: Path) -> str:

@@ -169,7 +169,7 @@ def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
                 "messages": messages, "tools": tools, "params": _safe_params(c["params"]),
                 "candidates": [_candidate(g.message, protocol, tools) for g in gens if hasattr(g, "message")],
                 "usage": c.get("usage") or {}, "latency_ms": c.get("latency_ms"), "error": c.get("error"),
-                "_order": c.get("order", seq)}
+                "prompt": cmeta.get(keys.PROMPT), "_order": c.get("order", seq)}
         completions.append(comp)
         if isinstance(step, int) and comp["candidates"]:
             if step in step_errors:

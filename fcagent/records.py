@@ -154,6 +154,7 @@ class Completion(BaseModel):
     usage: dict[str, Any] = Field(default_factory=dict)
     latency_ms: float | None = None
     error: str | None = None
+    prompt: dict[str, Any] | None = None  # fcagent's text protocol: the system prompt's parts (keys.PROMPT)
 
 
 class ToolRun(BaseModel):

@@ -88,11 +88,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE episodes ADD COLUMN dedupe_key TEXT;
         CREATE UNIQUE INDEX episodes_dedupe ON episodes(dedupe_key) WHERE dedupe_key IS NOT NULL
     """),
+    ("004_completion_prompt_parts", """
+        ALTER TABLE completions ADD COLUMN prompt TEXT
+    """),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _EPISODE_COLS = 15
-_COMPLETION_COLS = 16
+_COMPLETION_COLS = 17
 _TOOL_COLS = 10
 
 
@@ -381,10 +384,17 @@ class TraceStore:
         """Every model call of a complete episode, ordered by context (then episode start, step), with
         what the exporter judges it by: its labels, its episode's newest label and role, and whether it
         is the episode's last call. Messages are left as references (`messages_of` resolves them)."""
+        yield from self._calls(task, order="c.context_hash, e.started_at, c.seq")
+
+    def calls_by_episode(self, *, task: str | None = None) -> Iterator[dict[str, Any]]:
+        """The same rows as `calls_by_context`, episode by episode, each episode's calls in order."""
+        yield from self._calls(task, order="e.started_at, e.id, c.seq")
+
+    def _calls(self, task: str | None, *, order: str) -> Iterator[dict[str, Any]]:
         where, params = ("AND e.task = ?", (task,)) if task else ("", ())
         sql = f"""
             SELECT c.id, c.episode_id, c.context_hash, c.protocol, c.messages, c.message_hashes, c.tools, c.candidates,
-                   e.task, e.problem_id, e.split, json_extract(e.metadata, '$.{keys.ROLE}') AS role,
+                   c.prompt, e.task, e.problem_id, e.split, json_extract(e.metadata, '$.{keys.ROLE}') AS role,
                    c.seq = (SELECT MAX(c2.seq) FROM completions c2 WHERE c2.episode_id = c.episode_id) AS is_last,
                    (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) AS ep_success,
                    (SELECT json_group_array(json_object('candidate', l.candidate, 'success', l.success,
@@ -392,7 +402,7 @@ class TraceStore:
                       FROM (SELECT * FROM labels WHERE target_id = c.id ORDER BY id) l) AS labels
             FROM completions c JOIN episodes e ON e.id = c.episode_id
             WHERE e.status = 'complete' {where}
-            ORDER BY c.context_hash, e.started_at, c.seq"""
+            ORDER BY {order}"""
         for r in self._query(sql, params):
             yield dict(r)
 
@@ -559,7 +569,8 @@ def _trace_rows(trace: EpisodeTrace | dict[str, Any]) -> dict[str, Any]:
         comps.append((c["id"], c["episode_id"], c.get("parent_run_id"), c.get("seq", 0), c.get("model"),
                       c.get("protocol"), c.get("step"), c["context_hash"], "[]", _dumps(c.get("tools") or []),
                       _dumps(c.get("params") or {}), _dumps(c.get("candidates") or []), _dumps(c.get("usage") or {}),
-                      c.get("latency_ms"), c.get("error"), _dumps(hashes)))
+                      c.get("latency_ms"), c.get("error"), _dumps(hashes),
+                      _dumps(c["prompt"]) if c.get("prompt") else None))
     tools = [(t["id"], t["episode_id"], t.get("parent_run_id"), t.get("seq", 0), t["name"], _dumps(t.get("args")),
               t.get("output"), t.get("error"), t.get("latency_ms"), t.get("tool_call_id"))
              for t in trace.get("tool_runs", [])]
@@ -580,7 +591,7 @@ def _completion(r: sqlite3.Row, messages: list[Any]) -> Completion:
                       model=r["model"], protocol=r["protocol"], step=r["step"], context_hash=r["context_hash"],
                       messages=messages, tools=json.loads(r["tools"]), params=json.loads(r["params"]),
                       candidates=json.loads(r["candidates"]), usage=json.loads(r["usage"]), latency_ms=r["latency_ms"],
-                      error=r["error"])
+                      error=r["error"], prompt=json.loads(r["prompt"]) if r["prompt"] else None)
 
 
 def _tool_run(r: sqlite3.Row) -> ToolRun:

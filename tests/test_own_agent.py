@@ -142,7 +142,14 @@ def label_with_cli(store_path, reqs, ids, tmp_path) -> None:
 
 
 def check_export(store: TraceStore, tmp_path) -> None:
-    sft = export_sft(store, tmp_path / "sft")
+    chains = [json.loads(line) for line in export_sft(store, tmp_path / "chains").path.read_text().splitlines()]
+    whole = [r for r in chains if all(m.get("train") for m in r["messages"] if m["role"] == "assistant")]
+    assert len(whole) == 11 + 6  # every good episode whose steps were all good: one row, every turn trained
+    for r in chains:
+        if "Reserve" in r["messages"][1]["content"]:  # the failed reserve call is never a target
+            trained = [m["content"] for m in r["messages"] if m["role"] == "assistant" and m["train"]]
+            assert trained == [r["messages"][-1]["content"]] and trained[0].startswith("Sorry")
+    sft = export_sft(store, tmp_path / "sft", sft_rows="step")
     rows = [json.loads(line) for line in sft.path.read_text().splitlines()]
     finals = [r for r in rows if not r["messages"][-1]["content"].startswith("{")]
     calls = [r for r in rows if r["messages"][-1]["content"].startswith("{")]
@@ -200,8 +207,9 @@ def test_unlabelled_episodes_are_skipped_or_taken_as_good_and_counted(tmp_path):
 
     with pytest.raises(ExportError, match="traces label ID --good/--bad.*--unlabelled good"):
         export_sft(store, tmp_path / "a")
-    result = export_sft(store, tmp_path / "b", unlabelled="good")
-    assert result.rows == 6 and result.stats["episodes"] == {"unlabelled (taken as good)": 3}
+    result = export_sft(store, tmp_path / "b", unlabelled="good")  # one whole chain per episode
+    assert result.rows == 3 and result.stats["episodes"] == {"unlabelled (taken as good)": 3}
+    assert export_sft(store, tmp_path / "s", unlabelled="good", sft_rows="step").rows == 6
     with pytest.raises(ExportError, match="same request answered in an episode labelled good and in one labelled bad"):
         export_preference_pairs(store, tmp_path / "c", unlabelled="good")
 
