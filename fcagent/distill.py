@@ -21,31 +21,35 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fcagent.errors import UserError
+from fcagent.train import METHODS, Method, TrainSettings
 
 __all__ = ["DistillPreset", "PRESETS", "distill"]
 
 
 class DistillPreset(BaseModel):
+    """A distillation's plan: how much to harvest and replay, how to train (`sft` and `preference`, each a
+    `TrainSettings`, the one place training is configured), what to evaluate."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str = "custom"
-    train_problems: int | None = Field(description="Teacher problems harvested from the train split (None: all).")
-    test_problems: int = Field(description="Held-out problems every model is evaluated on.")
-    samples: int = Field(description="Student candidates per teacher context (on-policy negatives).")
-    temperature: float = 0.8
-    replay_contexts: int | None = Field(None, description="Teacher contexts replayed (None: all).")
-    methods: list[str] = Field(description="Training methods; `sft` is the baseline.")
-    epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float | None = None
-    batch_size: int = 4
-    preference_device_batch: int | None = Field(
-        2, description="Pairs per forward pass for preference methods; the rest of `batch_size` is gradient "
-        "accumulation (same update). A pair is two sequences: on GSM8K's ~900-token rows 4 pairs per pass went "
-        "past 23 GB on the CPU and was killed (measured); 2 fit. None: all of `batch_size` at once.")
-    sft_epochs: float = 3.0
-    sft_max_steps: int = -1
+    train_problems: int | None = Field(description="Teacher problems harvested from the train split (None: all).", ge=1)
+    test_problems: int = Field(description="Held-out problems every model is evaluated on.", ge=1)
+    samples: int = Field(description="Student candidates per teacher context (on-policy negatives).", ge=1)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    replay_contexts: int | None = Field(None, ge=1, description="Teacher contexts replayed (None: all).")
+    methods: list[Method] = Field(description="Training methods; `sft` is the baseline.")
+    sft: TrainSettings = Field(description="The SFT baseline's training (and the warm start of sft-dpo/sft-rpo).")
+    preference: TrainSettings = Field(
+        description="The preference methods' training (its `method` is set per method). A pair is two sequences: on "
+        "GSM8K's ~900-token rows 4 pairs per pass went past 23 GB on the CPU and was killed (measured), so the "
+        "presets pass 2 pairs and accumulate.")
+    prompt_style: Literal["examples", "compact"] = Field(
+        "compact", description="The trained student's prompt: `compact` (signatures, no worked examples; the "
+        "teacher keeps the paper's prompt) or `examples`.")
     replay_student: Literal["sft", "base"] = Field(
         "sft", description="Who samples the rejected side: `sft` replays the teacher's contexts with the trained "
         "SFT student (its failures are on-policy for sft-dpo/sft-rpo, which start from it), `base` with the "
@@ -60,10 +64,16 @@ class DistillPreset(BaseModel):
 PRESETS: dict[str, DistillPreset] = {
     # Under 10 minutes on a 2-core CPU (measured by benchmarks/stages.py): a small slice of everything.
     "quick": DistillPreset(name="quick", train_problems=32, test_problems=15, samples=2, replay_contexts=16,
-                           methods=["sft", "dpo"], max_steps=8, batch_size=2, sft_max_steps=16),
-    # What produces the README's table.
-    "full": DistillPreset(name="full", train_problems=None, test_problems=100, samples=4, replay_contexts=80,
-                          methods=["sft", "sft-dpo", "sft-rpo"], max_steps=20, batch_size=4, sft_max_steps=40),
+                           methods=["sft", "dpo"],
+                           sft=TrainSettings(method="sft", max_steps=16, per_device_train_batch_size=2),
+                           preference=TrainSettings(method="dpo", max_steps=8, per_device_train_batch_size=2)),
+    # What produces the README's tables: SFT for 3 epochs, the preference methods one epoch over all
+    # their pairs (4 pairs a step: 2 per pass, 2 passes).
+    "full": DistillPreset(name="full", train_problems=400, test_problems=100, samples=4, replay_contexts=None,
+                          methods=["sft", "sft-dpo", "sft-rpo"],
+                          sft=TrainSettings(method="sft", num_train_epochs=3, per_device_train_batch_size=4),
+                          preference=TrainSettings(method="dpo", num_train_epochs=1, per_device_train_batch_size=2,
+                                                   gradient_accumulation_steps=2)),
 }
 
 
@@ -96,16 +106,16 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     from fcagent.replay import replay
     from fcagent.tasks import get_task
     from fcagent.models import RUN_MANIFEST
-    from fcagent.train import WARM_STARTED, TrainSettings, train
+    from fcagent.train import WARM_STARTED, train
 
     if isinstance(preset, str) and preset not in PRESETS:
         raise UserError(f"`preset` must be one of {', '.join(PRESETS)}, got {preset!r}")
     settings = PRESETS[preset] if isinstance(preset, str) else preset
     methods = methods or settings.methods
     settings = settings.model_copy(update={"methods": list(methods)})  # the report names what actually trained
-    unknown = set(methods) - {"sft", "dpo", "rpo", "sft-dpo", "sft-rpo"}
+    unknown = set(methods) - set(METHODS)
     if unknown:
-        raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from sft, dpo, rpo, sft-dpo, sft-rpo")
+        raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "traces.db"
@@ -140,14 +150,17 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                                      store=store, resume=True, data_dir=data_dir, progress=progress(),
                                      model=None if teacher != student else student_chat()))
     # Labelled traces → SFT rows and preference pairs (the eval split never leaves the store).
+    export_style = "compact" if settings.prompt_style == "compact" else "as_recorded"
+
     def export_stage(folder: str = "data", pairs: bool = True) -> dict[str, Any]:
         info: dict[str, Any] = {}
-        sft = export_sft(store, out / folder, tokenizer=student_chat().tokenizer)
+        sft = export_sft(store, out / folder, tokenizer=student_chat().tokenizer, prompt_style=export_style)
         info["sft_rows"] = sft.rows
         if not pairs:
             return info
         try:
-            dpo = export_preference_pairs(store, out / folder, tokenizer=student_chat().tokenizer)
+            dpo = export_preference_pairs(store, out / folder, tokenizer=student_chat().tokenizer,
+                                          prompt_style=export_style)
             info["pairs"] = dpo.rows
             info["pairs_by_source"] = dpo.stats["by_source"]
         except ExportError as exc:
@@ -156,17 +169,11 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
         return info
 
     def train_stage(method: str, folder: str, run_dir: Path) -> dict[str, Any]:
-        sft_like = method == "sft"
         warm = out / "runs" / "sft"
-        batch, accum = settings.batch_size, 1
-        per_pass = settings.preference_device_batch
-        if not sft_like and per_pass and batch > per_pass:
-            batch, accum = per_pass, -(-settings.batch_size // per_pass)
-        cfg = TrainSettings(method=method, epochs=settings.sft_epochs if sft_like else settings.epochs,
-                            max_steps=settings.sft_max_steps if sft_like else settings.max_steps,
-                            learning_rate=settings.learning_rate, batch_size=batch, grad_accum=accum,
-                            sft_epochs=settings.sft_epochs,
-                            warm_start=str(warm) if method in WARM_STARTED and (warm / RUN_MANIFEST).exists() else None)
+        base = settings.sft if method == "sft" else settings.preference
+        cfg = base.model_copy(update={
+            "method": method, "prompt_style": settings.prompt_style,
+            "warm_start": str(warm) if method in WARM_STARTED and (warm / RUN_MANIFEST).exists() else None})
         return train(out / folder, student, run_dir, settings=cfg).model_dump(mode="json")
 
     runs: dict[str, Path] = {}

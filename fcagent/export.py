@@ -58,7 +58,7 @@ from fcagent import keys
 from fcagent.calls import Call, CallParseError, calls_error, format_calls, parse_calls
 from fcagent.errors import UserError
 from fcagent.local_model import to_chat_dicts
-from fcagent.prompting import render_system_prompt
+from fcagent.prompting import render_system_prompt, restyle
 from fcagent.records import StepError, to_langchain
 from fcagent.redact import Redactor
 from fcagent.store import TraceStore, open_store, write_jsonl_atomic
@@ -274,13 +274,9 @@ def _student_view(row: dict[str, Any], store: TraceStore, style: str = "as_recor
     if reply is not None:
         messages.append(to_langchain(reply))
     tools = json.loads(row["tools"])
-    parts = json.loads(row["prompt"]) if row.get("prompt") else None
-    if row["protocol"] == "text" and style == "compact" and parts and parts.get("style") != "compact" and \
-            messages and isinstance(messages[0], SystemMessage):
-        prompt = render_system_prompt(tools, instructions=parts.get("instructions") or "", system=parts.get("system"),
-                                      style="compact")
-        messages[0] = SystemMessage("\n\n".join([*(parts.get("leading") or []), prompt]))
-    elif row["protocol"] != "text" and tools:  # what LocalChatModel.render puts in front of native calls
+    if row["protocol"] == "text":
+        messages = restyle(messages, json.loads(row["prompt"]) if row.get("prompt") else None, tools, style)
+    elif tools:  # what LocalChatModel.render puts in front of native calls
         native = "compact" if style == "compact" else "examples"
         messages = [SystemMessage(render_system_prompt(tools, style=native)), *messages]
     dicts = to_chat_dicts(messages)

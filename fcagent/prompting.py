@@ -23,7 +23,7 @@ from fcagent.calls import Call, format_calls
 from fcagent.tasks.base import WorkedExample
 
 __all__ = ["tool_schemas", "render_system_prompt", "to_chat_dicts", "assistant_text", "OBSERVATION_PREFIX",
-           "PromptStyle", "PROMPT_STYLES", "compact_signature"]
+           "PromptStyle", "PROMPT_STYLES", "compact_signature", "restyle"]
 
 PromptStyle = Literal["examples", "compact"]
 PROMPT_STYLES: tuple[str, ...] = ("examples", "compact")
@@ -108,6 +108,18 @@ def render_system_prompt(schemas: list[dict[str, Any]], *, instructions: str = "
                 lines.append(f"{OBSERVATION_PREFIX}{observation}")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def restyle(messages: list[BaseMessage], parts: dict[str, Any] | None, tools: list[dict[str, Any]],
+            style: str) -> list[BaseMessage]:
+    """A text-protocol context with its system prompt rendered in `style`, from the prompt parts fcagent's
+    graph recorded (`keys.PROMPT`); unchanged when there are no parts or the style is already that."""
+    if not parts or parts.get("style", "examples") == style or style != "compact" or not messages or \
+            not isinstance(messages[0], SystemMessage):
+        return messages
+    prompt = render_system_prompt(tools, instructions=parts.get("instructions") or "", system=parts.get("system"),
+                                  style="compact")
+    return [SystemMessage("\n\n".join([*(parts.get("leading") or []), prompt])), *messages[1:]]
 
 
 def assistant_text(message: AIMessage) -> str:

@@ -165,7 +165,7 @@ def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
         step = cmeta.get(keys.STEP)
         model = model or c["model"]
         comp = {"id": c["id"], "episode_id": ep_id, "parent_run_id": c.get("parent"), "seq": seq, "model": c["model"],
-                "protocol": protocol, "step": step, "context_hash": context_hash(messages, tools),
+                "protocol": protocol, "step": step, "context_hash": context_hash(messages, tools, cmeta.get(keys.PROMPT)),
                 "messages": messages, "tools": tools, "params": _safe_params(c["params"]),
                 "candidates": [_candidate(g.message, protocol, tools) for g in gens if hasattr(g, "message")],
                 "usage": c.get("usage") or {}, "latency_ms": c.get("latency_ms"), "error": c.get("error"),

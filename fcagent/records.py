@@ -103,9 +103,16 @@ def bounded(value: Any, depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-    """Identity of a model call's context, canonicalised: tool-call ids (random per run) dropped."""
-    canon = []
+def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                 prompt: dict[str, Any] | None = None) -> str:
+    """Identity of a model call's context, canonicalised: tool-call ids (random per run) dropped, and
+    where fcagent's text protocol recorded the system prompt's parts (`prompt`), the parts stand for
+    the rendered prompt, so a teacher's call (worked examples) and a student's (compact) on the same
+    problem and history are one context."""
+    canon: list[dict[str, Any]] = []
+    if prompt and messages and messages[0].get("role") == "system":
+        canon.append({"role": "system", "parts": {k: v for k, v in prompt.items() if k != "style"}})
+        messages = messages[1:]
     for m in messages:
         c = {"role": m["role"], "content": m.get("content", "")}
         if m.get("tool_calls"):

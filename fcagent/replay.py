@@ -17,6 +17,7 @@ from langchain_core.language_models import BaseChatModel
 from fcagent import keys
 from fcagent.calls import Call
 from fcagent.export import candidate_identity, structural_error
+from fcagent.prompting import restyle
 from fcagent.records import to_langchain
 from fcagent.recorder import TraceRecorder
 from fcagent.store import TraceStore, open_store
@@ -55,6 +56,11 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
             meta = {keys.ROLE: REPLAY_ROLE, keys.MODEL: student_name, keys.PROTOCOL: ctx["protocol"],
                     keys.PROBLEM_ID: ctx["problem_id"], keys.TASK: ctx["task"],
                     keys.SPLIT: ctx["split"], keys.REPLAYED: ctx["id"]}
+            parts = json.loads(ctx["prompt"]) if ctx.get("prompt") else None
+            if parts:  # the student answers in the prompt style it was trained with; the context stays one
+                style = getattr(student, "prompt_style", "examples")
+                messages = restyle(messages, parts, tools, style)
+                meta[keys.PROMPT] = {**parts, "style": style if style == "compact" else parts.get("style", "examples")}
             kwargs: dict[str, Any] = {"n": samples, "temperature": temperature}
             if ctx["protocol"] == "native" and tools:
                 kwargs["tools"] = tools

@@ -1,14 +1,26 @@
 """Training the student: TRL's DPOTrainer / SFTTrainer with a PEFT LoRA adapter.
 
-Methods: `dpo` (preference pairs), `sft` (the chosen completions only, the baseline), `rpo` (DPO plus
-an NLL term on the chosen side: TRL's `loss_type=["sigmoid", "sft"]`), `sft-dpo` (SFT first, merged,
-then DPO from there), `sft-rpo` (the same warm start, then rpo: measured on BFCL, DPO after SFT
-pushed the chosen log-prob down with the rejected one and lost to SFT; the NLL term holds it up). Defaults are set for the bundled 135M model on a 2-core CPU and are the same on
-a GPU (`accelerate launch -m fcagent train ...` for several): gradient checkpointing off (memory is
-not the limit), bf16 on GPUs only (on this CPU it made TRL's DPO step slower, see `_bf16_available`),
-LoRA dropout 0 (it cost ~2 of 12 s per step here), reference log-probs precomputed once when
-training runs more than one epoch. TRL's defaults (lr
-1e-6, checkpointing on) are kept one flag away (`--trl-defaults`) for comparison.
+Methods (`METHODS`): `sft` (the baseline: the good replies only), `dpo` (preference pairs), `rpo` (DPO
+plus an NLL term on the chosen side: TRL's `loss_type=["sigmoid", "sft"]`), `sft-dpo` / `sft-rpo` (an
+SFT warm start, merged, then the preference method from there). One entry point, `train()`.
+
+What makes a step cheap here, each lever a setting so `benchmarks/training.py` can compare it with
+TRL's own path on the same rows:
+
+* **whole-chain SFT rows** (the exporter's default): one conversation per episode, the loss on every
+  assistant turn (TRL's `assistant_only_loss` with fcagent's training chat template,
+  `fcagent.chat_templates`), instead of a row per step that repeats the history each time;
+* **the compact student prompt** (`prompt_style`, read from the export): signatures, no worked
+  examples; recorded in the run folder, so the student is served with it;
+* **bf16 frozen weights** (`base_dtype`): the base model in bf16 where the CPU or GPU has bf16 matrix
+  units, the LoRA weights and optimizer in fp32 (bf16 *autocast* under TRL was slower here);
+* **length-grouped batches** (`group_by_length`): less padding in mixed-length batches;
+* **prefix-shared DPO** (`prefix_sharing`, `fcagent.prefix_dpo`): each pair's prompt runs once.
+
+Other defaults, set for the bundled 135M model on a 2-core CPU and the same on a GPU: gradient
+checkpointing off (memory is not the limit), LoRA dropout 0 (it cost ~2 of 12 s per step here),
+reference log-probs precomputed once past one epoch. `--trl-defaults` runs TRL's own (lr 1e-6,
+checkpointing, per-step rows as given, no fcagent lever) for comparison.
 
 The run folder describes itself: `fcagent_run.json` (base model, method, settings, data stats,
 prompt style, the adapter's sha256), `adapter/` (safetensors), `metrics.jsonl`, `training.png`.
@@ -20,50 +32,69 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from fcagent.errors import UserError
 from fcagent.export import ExportError, load_pairs
 from fcagent.models import RUN_MANIFEST, file_digest
 
 __all__ = ["LoraSettings", "TrainSettings", "TrainResult", "train", "train_dpo", "train_sft", "RUN_MANIFEST",
-           "adapter_digest"]
+           "adapter_digest", "METHODS", "PREFERENCE_METHODS", "WARM_STARTED", "Method"]
 
-Method = Literal["dpo", "sft", "rpo", "sft-dpo", "sft-rpo"]
-WARM_STARTED = ("sft-dpo", "sft-rpo")
+Method = Literal["sft", "dpo", "rpo", "sft-dpo", "sft-rpo"]
+METHODS: tuple[str, ...] = get_args(Method)
+PREFERENCE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "sft")
+WARM_STARTED: tuple[str, ...] = ("sft-dpo", "sft-rpo")
 
 
 class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """PEFT's LoraConfig fields (its names; fcagent's older short names still read)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout; 0 by default: on CPU it cost ~2 of 12 s per step (measured).")
+    lora_alpha: int = Field(32, ge=1, validation_alias=AliasChoices("lora_alpha", "alpha"), description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, validation_alias=AliasChoices("lora_dropout", "dropout"),
+                                description="LoRA dropout; 0 by default: on CPU it cost ~2 of 12 s per step (measured).")
     target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters.")
 
 
 class TrainSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field in a --config file is an error, not ignored
+    """One training run's settings: TRL's field names where the field is TRL's (`num_train_epochs`,
+    `per_device_train_batch_size`, ...; the older short names still read), fcagent's levers after."""
 
-    method: Method = Field("dpo", description="dpo, sft, rpo, sft-dpo or sft-rpo.")
-    epochs: float = Field(3.0, gt=0, description="Passes over the data (ignored when max_steps > 0).")
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 means use epochs.")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)  # a misspelt --config field is an error
+
+    method: Method = Field("dpo", description="One of METHODS.")
+    num_train_epochs: float = Field(3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "epochs"),
+                                    description="Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 means use num_train_epochs.")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Default 1e-4 for preference methods, 2e-4 for SFT.")
     beta: float = Field(0.1, gt=0, description="DPO beta.")
     rpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term in rpo.")
-    batch_size: int = Field(2, ge=1, description="Rows per device step.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(1024, ge=16, description="Tokens per prompt+completion; longer prompts are dropped (reported).")
-    bf16: bool | None = Field(None, description="None: on for GPUs with bf16, off on the CPU (measured slower under TRL).")
+    per_device_train_batch_size: int = Field(2, ge=1, validation_alias=AliasChoices("per_device_train_batch_size", "batch_size"),
+                                             description="Rows per forward pass (a DPO row is a pair).")
+    gradient_accumulation_steps: int = Field(1, ge=1, validation_alias=AliasChoices("gradient_accumulation_steps", "grad_accum"),
+                                             description="Passes per optimizer step.")
+    max_length: int = Field(2048, ge=16, description="Tokens per row; rows whose prompt is longer are dropped (reported).")
+    bf16: bool | None = Field(None, description="TRL's bf16 autocast. None: on for GPUs with bf16, off on the CPU "
+                              "(measured slower under TRL; `base_dtype` is the CPU's bf16 lever).")
     gradient_checkpointing: bool = Field(False, description="Off: faster here and memory is not the limit.")
-    precompute_ref_log_probs: bool | None = Field(None, description="None: on when epochs > 1.")
-    sft_epochs: float = Field(3.0, gt=0, description="SFT epochs of the sft-dpo warm start.")
-    warm_start: str | None = Field(None, description="sft-dpo/sft-rpo: an SFT run folder to start from instead of training one.")
+    precompute_ref_log_probs: bool | None = Field(None, description="None: on when training runs more than one epoch.")
     seed: int = 0
-    trl_defaults: bool = Field(False, description="Use TRL's own defaults (lr 1e-6, checkpointing) for comparison.")
-    prompt_style: str = Field("examples", description="Prompt the student was trained with (recorded for eval).")
+    warm_start: str | None = Field(None, description="sft-dpo/sft-rpo: an SFT run folder to start from instead of training one.")
+    sft_epochs: float = Field(3.0, gt=0, description="Epochs of the SFT warm start when no `warm_start` is given.")
+    trl_defaults: bool = Field(False, description="TRL's own defaults and path (no fcagent lever), for comparison.")
+    # fcagent's levers
+    base_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="The frozen base weights' dtype (LoRA weights stay fp32). auto: bfloat16 where the "
+        "machine has bf16 matrix units (CUDA, or a CPU with AMX / AVX512-BF16), else float32.")
+    group_by_length: bool = Field(True, description="Batch rows of similar length (less padding).")
+    prefix_sharing: bool = Field(True, description="DPO: each pair's prompt runs once (fcagent.prefix_dpo).")
+    prompt_style: Literal["examples", "compact"] | None = Field(
+        None, description="The prompt style the rows were exported with; None reads it from the export's stats.")
 
 
 class TrainResult(BaseModel):
@@ -90,14 +121,65 @@ def adapter_digest(adapter_dir: Path) -> str:
     return file_digest(adapter_dir / "adapter_model.safetensors")
 
 
-def _load_student(spec: str):
+def _base_dtype(settings: TrainSettings) -> Any:
+    """The frozen base weights' dtype (see `TrainSettings.base_dtype`)."""
+    import torch
+
+    if settings.trl_defaults:
+        return torch.float32
+    if settings.base_dtype != "auto":
+        return getattr(torch, settings.base_dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:  # oneDNN's bf16 kernels need AVX512-BF16 or AMX; elsewhere bf16 matmuls are emulated (slower)
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
+def _load_student(spec: str, dtype: Any = None):
     from fcagent.local_model import LocalChatModel
     from fcagent.models import load_chat_model
 
-    model = load_chat_model(spec)
+    model = load_chat_model(spec, **({"dtype": dtype} if dtype is not None else {}))
     if not isinstance(model, LocalChatModel):
         raise UserError(f"`student` must be a local model (bundled:NAME, a folder or a hub id), got {spec!r}")
     return model
+
+
+def _conversations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT rows with every assistant turn's `train` flag set: rows exported before the flags existed
+    (a row per step, its history included) train only their last turn."""
+    out = []
+    for row in rows:
+        messages = [dict(m) for m in row["messages"]]
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if not any(m.get("train") is not None for m in messages):
+            for i in turns:
+                messages[i]["train"] = i == turns[-1]
+        for m in messages:
+            if m["role"] == "assistant" and m.get("train") is None:
+                m["train"] = True
+        out.append({"messages": messages, "tools": row.get("tools", "[]")})
+    return out
+
+
+def _steps_of(conversation: dict[str, Any]) -> list[dict[str, Any]]:
+    """A conversation as prompt/completion rows, one per trained turn (TRL's per-step form)."""
+    messages = [{k: v for k, v in m.items() if k != "train"} for m in conversation["messages"]]
+    return [{"prompt": messages[:i], "completion": [messages[i]], "tools": conversation.get("tools", "[]")}
+            for i, m in enumerate(conversation["messages"]) if m["role"] == "assistant" and m.get("train")]
+
+
+def _export_prompt_style(pairs: str | Path, kind: str) -> str:
+    """The prompt style an export folder's rows carry (its stats file says), `examples` when unknown."""
+    path = Path(pairs)
+    stats = path / f"stats.{kind}.json" if path.is_dir() else path.parent / f"stats.{kind}.json"
+    try:
+        style = json.loads(stats.read_text())["settings"].get("prompt_style")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "examples"
+    return "compact" if style == "compact" else "examples"
 
 
 def _length_report(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
@@ -105,22 +187,22 @@ def _length_report(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
     """Rows TRL will keep, why the others go (TRL drops them without a word), and tokens per row."""
     keep, dropped, tokens = [], {}, []
 
-    def count(messages: list[dict[str, Any]], tools: Any, generation: bool) -> int:
-        ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=generation, tokenize=True)
+    def count(messages: list[dict[str, Any]], generation: bool) -> int:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=True)
         return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
 
     for i, row in enumerate(rows):
-        tools = json.loads(row.get("tools") or "[]") or None
-        prompt = row["prompt"] if kind == "dpo" else row["messages"][:-1]
-        n_prompt = count(prompt, tools, True)
+        if kind == "dpo":
+            n_prompt = count(row["prompt"], True)
+            total = count(row["prompt"] + row["chosen"], False) + count(row["prompt"] + row["rejected"], False)
+        else:
+            first = next(j for j, m in enumerate(row["messages"]) if m["role"] == "assistant")
+            n_prompt, total = count(row["messages"][:first], True), count(row["messages"], False)
         if n_prompt >= max_length:
             dropped["prompt longer than max_length"] = dropped.get("prompt longer than max_length", 0) + 1
             continue
         keep.append(i)
-        if kind == "dpo":  # one forward pass each over prompt+chosen and prompt+rejected
-            tokens.append(count(prompt + row["chosen"], tools, False) + count(prompt + row["rejected"], tools, False))
-        else:
-            tokens.append(count(row["messages"], tools, False))
+        tokens.append(total)
     return keep, dropped, tokens
 
 
@@ -201,30 +283,37 @@ def _read_rows(pairs: str | Path, kind: str) -> list[dict[str, Any]]:
         sft_file = path / "sft.jsonl" if path.is_dir() else None
         if sft_file is not None and sft_file.exists():
             return load_pairs(sft_file, "sft").to_list()
+        if path.is_file() and path.name.startswith("sft"):
+            return load_pairs(path, "sft").to_list()
         return _sft_rows_from_pairs(load_pairs(path, "dpo").to_list())
     return load_pairs(path, "dpo").to_list()
 
 
-def _trainer_args(settings: TrainSettings, out: Path, kind: str) -> Any:
+def _trainer_args(settings: TrainSettings, out: Path, kind: str, *, conversational: bool = False) -> Any:
     import torch
     from trl import DPOConfig, SFTConfig
 
-    lr = settings.learning_rate or (2e-4 if kind == "sft" else 1e-4)
+    lr = settings.learning_rate or (2e-4 if kind in ("sft", "sft-warm") else 1e-4)
+    epochs = settings.sft_epochs if kind == "sft-warm" else settings.num_train_epochs
     common: dict[str, Any] = dict(
-        output_dir=str(out / "trainer"), per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum, num_train_epochs=settings.epochs if kind != "sft-warm" else settings.sft_epochs,
-        max_steps=settings.max_steps, learning_rate=lr, logging_steps=1, save_strategy="no", report_to=[],
-        seed=settings.seed, max_length=settings.max_length, use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=settings.gradient_checkpointing, bf16=settings.bf16 if settings.bf16 is not None else _bf16_available(),
+        output_dir=str(out / "trainer"), per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, num_train_epochs=epochs,
+        max_steps=settings.max_steps, learning_rate=lr, logging_steps=1,
+        save_strategy="no", report_to=[], seed=settings.seed, max_length=settings.max_length,
+        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=settings.bf16 if settings.bf16 is not None else _bf16_available(),
         lr_scheduler_type="constant_with_warmup", warmup_steps=0, dataloader_num_workers=0)
     if settings.trl_defaults:
         for key in ("learning_rate", "gradient_checkpointing", "bf16", "lr_scheduler_type", "warmup_steps"):
             common.pop(key)
     if kind in ("sft", "sft-warm"):
-        return SFTConfig(**common, completion_only_loss=True)
+        # Whole conversations train every marked assistant turn; prompt/completion rows their completion.
+        loss = {"assistant_only_loss": True} if conversational else {"completion_only_loss": True}
+        grouped = settings.group_by_length and not settings.trl_defaults
+        return SFTConfig(**common, **loss, **({"train_sampling_strategy": "group_by_length"} if grouped else {}))
     precompute = settings.precompute_ref_log_probs
     if precompute is None:
-        precompute = settings.max_steps <= 0 and settings.epochs > 1
+        precompute = settings.max_steps <= 0 and settings.num_train_epochs > 1
     extra: dict[str, Any] = {"beta": settings.beta, "precompute_ref_log_probs": precompute}
     if kind == "rpo":
         extra |= {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, settings.rpo_alpha]}
@@ -237,28 +326,47 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
     from peft import LoraConfig
     from trl import DPOTrainer, SFTTrainer
 
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    from fcagent.chat_templates import training_template
+    from fcagent.prefix_dpo import PrefixSharingDPOTrainer
+
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                              target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    args = _trainer_args(settings, out, kind)
-    steps_per_epoch = math.ceil(len(rows) / (settings.batch_size * settings.grad_accum))
-    total = settings.max_steps if settings.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
-    live = _LiveMetrics(out / "metrics.jsonl", total, label)
     if kind in ("sft", "sft-warm"):
-        data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:], "tools": r.get("tools", "[]")}
-                                  for r in rows])
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                             peft_config=peft_config, callbacks=[live])
+        conversations = _conversations(rows)
+        template = None if settings.trl_defaults else training_template(tokenizer)
+        if template is not None:  # whole conversations, the loss on every marked assistant turn
+            data_rows = conversations
+        else:  # no template that marks assistant turns: a prompt/completion row per trained turn
+            data_rows = [step for c in conversations for step in _steps_of(c)]
+        args = _trainer_args(settings, out, kind, conversational=template is not None)
     else:
-        data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected", "tools")} for r in rows])
-        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                             peft_config=peft_config, callbacks=[live])
-    trainer.train()
+        data_rows, template = [{k: r[k] for k in ("prompt", "chosen", "rejected", "tools")} for r in rows], None
+        args = _trainer_args(settings, out, kind)
+    steps_per_epoch = math.ceil(len(data_rows) / (settings.per_device_train_batch_size * settings.gradient_accumulation_steps))
+    total = args.max_steps if args.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
+    live = _LiveMetrics(out / "metrics.jsonl", total, label)
+    data = Dataset.from_list(data_rows)
+    inference_template = tokenizer.chat_template
+    try:
+        if template is not None:
+            tokenizer.chat_template = template  # renders what inference renders, assistant turns marked
+        if kind in ("sft", "sft-warm"):
+            trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                                 peft_config=peft_config, callbacks=[live])
+        else:
+            trainer_class = PrefixSharingDPOTrainer if settings.prefix_sharing and not settings.trl_defaults else DPOTrainer
+            trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                                    peft_config=peft_config, callbacks=[live])
+        trainer.train()
+    finally:
+        tokenizer.chat_template = inference_template
     return trainer.model, live.rows, trainer.state.global_step
 
 
 def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: TrainSettings | None = None,
           lora: LoraSettings | None = None, merge: bool = False) -> TrainResult:
-    """Train `student` on an export folder; writes a self-describing run folder."""
+    """Train `student` on an export folder (`method` decides SFT rows or preference pairs); writes a
+    self-describing run folder."""
     import torch
 
     settings = settings or TrainSettings()
@@ -267,11 +375,13 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     torch.manual_seed(settings.seed)
-    chat = _load_student(student)
+    kind = "sft" if settings.method == "sft" else "dpo"
+    prompt_style = settings.prompt_style or _export_prompt_style(pairs, kind)
+    dtype = _base_dtype(settings)
+    chat = _load_student(student, dtype)
     model, tokenizer = chat.hf_model, chat.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kind = "sft" if settings.method == "sft" else "dpo"
     try:
         rows = _read_rows(pairs, kind)
     except ExportError as exc:
@@ -312,12 +422,15 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     stack.append("adapter")
     tokenizer.save_pretrained(out / "adapter")
     # Tokens the policy saw: rows per step x steps, at the mean row length (the reference pass not counted).
-    tokens_seen = sum(row_tokens) / len(row_tokens) * steps * settings.batch_size * settings.grad_accum
+    per_step = settings.per_device_train_batch_size * settings.gradient_accumulation_steps
+    tokens_seen = min(sum(row_tokens), sum(row_tokens) / len(row_tokens) * steps * per_step) \
+        if settings.max_steps > 0 else sum(row_tokens) * (steps * per_step / max(len(rows), 1))
     manifest = {
         "base_model": student, "method": settings.method, "settings": settings.model_dump(mode="json"),
         "lora": lora.model_dump(mode="json"), "adapters": stack,
         "adapter_sha256": {name: adapter_digest(out / name) for name in stack},
-        "data": {"source": str(pairs), "rows": len(rows), "dropped": dropped}, "prompt_style": settings.prompt_style,
+        "data": {"source": str(pairs), "rows": len(rows), "dropped": dropped, "tokens": sum(row_tokens)},
+        "prompt_style": prompt_style, "base_dtype": str(dtype).removeprefix("torch."),
         "steps": steps, "seconds": round(seconds, 1), "tokens_per_second": round(tokens_seen / max(seconds, 1e-9), 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -340,13 +453,16 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
 
 def train_dpo(pairs: str | Path, student: str, *, output_dir: str | Path, lora: LoraSettings | None = None,
               config: TrainSettings | None = None, merge: bool = False) -> TrainResult:
-    """DPO + LoRA (TRL DPOTrainer) on exported preference pairs."""
-    settings = (config or TrainSettings()).model_copy(update={"method": (config.method if config and config.method != "sft" else "dpo")})
+    """`train()` with a preference method (`dpo` unless `config` names another one)."""
+    settings = config or TrainSettings(method="dpo")
+    if settings.method not in PREFERENCE_METHODS:
+        raise UserError(f"`train_dpo` trains a preference method ({', '.join(PREFERENCE_METHODS)}); "
+                        f"got method {settings.method!r}: use `train_sft` or `train(settings=...)`")
     return train(pairs, student, output_dir, settings=settings, lora=lora, merge=merge)
 
 
 def train_sft(pairs: str | Path, student: str, *, output_dir: str | Path, lora: LoraSettings | None = None,
               config: TrainSettings | None = None, merge: bool = False) -> TrainResult:
-    """The SFT baseline (TRL SFTTrainer, completion-only loss) on the same good completions."""
+    """`train()` with the SFT baseline (whole chains, the loss on every assistant turn)."""
     settings = (config or TrainSettings()).model_copy(update={"method": "sft"})
     return train(pairs, student, output_dir, settings=settings, lora=lora, merge=merge)

@@ -45,9 +45,12 @@ def test_summary_and_report_files(tmp_path):
 
 def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_model_dir):
     from fcagent.distill import DistillPreset, distill
+    from fcagent.train import TrainSettings
 
     preset = DistillPreset(train_problems=4, test_problems=2, samples=2, replay_contexts=3, methods=["sft", "dpo"],
-                           max_steps=1, sft_max_steps=1, batch_size=2, preference_device_batch=1)
+                           sft=TrainSettings(method="sft", max_steps=1, per_device_train_batch_size=2),
+                           preference=TrainSettings(method="dpo", max_steps=1, per_device_train_batch_size=1,
+                                                    gradient_accumulation_steps=2))
     logs: list[str] = []
     report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
     assert set(report["models"]) == {"base", "sft", "dpo"} and report["n_problems"] == 2
@@ -61,10 +64,12 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     replayers = {ep.model for ep in TraceStore(tmp_path / "traces.db").episodes()
                  if ep.metadata.get("fcagent_role") == "student-replay"}
     assert replayers == {str(tmp_path / "runs" / "sft")}
-    # preference training: 1 pair per pass, accumulated to the preset's batch of 2; SFT takes all 2 at once
-    recorded = {m: json.loads((tmp_path / "runs" / m / "fcagent_run.json").read_text())["settings"] for m in ("sft", "dpo")}
-    assert (recorded["dpo"]["batch_size"], recorded["dpo"]["grad_accum"]) == (1, 2)
-    assert (recorded["sft"]["batch_size"], recorded["sft"]["grad_accum"]) == (2, 1)
+    # each method trained with the preset's own TrainSettings, in the compact prompt style
+    manifests = {m: json.loads((tmp_path / "runs" / m / "fcagent_run.json").read_text()) for m in ("sft", "dpo")}
+    recorded = {m: v["settings"] for m, v in manifests.items()}
+    assert (recorded["dpo"]["per_device_train_batch_size"], recorded["dpo"]["gradient_accumulation_steps"]) == (1, 2)
+    assert (recorded["sft"]["per_device_train_batch_size"], recorded["sft"]["gradient_accumulation_steps"]) == (2, 1)
+    assert {v["prompt_style"] for v in manifests.values()} == {"compact"}
     assert (tmp_path / "report.md").exists() and "reference" in (tmp_path / "report.md").read_text()
     logs.clear()
     distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
