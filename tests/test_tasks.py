@@ -91,7 +91,10 @@ def check(args, name="calc.area", truth=TRUTH, category="simple_python", docs=(D
 def test_bfcl_exact_function_name():
     assert check({"base": 10, "height": 5.0}).success
     assert not check({"base": 10, "height": 5.0}, name="calc.areas").success
-    assert check({"base": 10, "height": 5.0}, name="calc_area").success  # dots may become underscores
+    assert not check({"base": 10, "height": 5.0}, name="calc_area").success  # prompt mode: exact, as spelt
+    underscored = check_bfcl("simple_python", [DOC], TRUTH, [Call(name="calc_area", args={"base": 10, "height": 5.0})],
+                             names="underscored")  # function-calling APIs forbid dots: BFCL expects underscores
+    assert underscored.success
 
 
 def test_bfcl_required_and_unexpected_parameters():
