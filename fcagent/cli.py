@@ -71,6 +71,11 @@ class Backend(str, Enum):
     xgrammar = "xgrammar"
 
 
+class ValidateChoice(str, Enum):
+    grounded = "grounded"
+    any = "any"
+
+
 class _App(typer.Typer):
     """A Typer whose commands turn fcagent's errors into one line and an exit code, never a traceback:
     2 for a mistake in the input (which says what and where), 1 for a run that failed."""
@@ -539,6 +544,23 @@ def distill(task: TaskOpt = "bfcl:simple_python",
                          rounds=rounds, data_dir=_data_dir(data_dir), progress_factory=_progress, log=console.print)
     _print_report(report)
     console.print(f"report: {out / 'report.md'}  plots: {out / 'evaluation.png'}")
+
+
+@app.command("serve")
+def serve_cmd(model: Annotated[str, typer.Argument(help="The student: a run folder, bundled:NAME, any local model spec with ?settings.")],
+              host: Annotated[str, typer.Option(help="Interface to listen on; anything but loopback needs an API key.")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+              teacher: Annotated[Optional[str], typer.Option(help="Answers when the student's reply fails validation (any model spec, provider:model).")] = None,
+              store: Annotated[Optional[Path], typer.Option("--store", help="Record every request as an episode (and take /v1/feedback).")] = None,
+              api_key: Annotated[Optional[str], typer.Option(envvar="FCAGENT_API_KEY", help="Required as `Authorization: Bearer KEY`.")] = None,
+              validate: Annotated[ValidateChoice, typer.Option(help="How an answer in words is checked before it stands.")] = ValidateChoice.grounded,
+              max_tokens: Annotated[int, typer.Option(min=1, max=32768, help="Most tokens a request may ask for.")] = 1024,
+              max_body_bytes: Annotated[int, typer.Option(min=1000, help="Largest request body accepted.")] = 1_000_000) -> None:
+    """Serve the student behind an OpenAI-compatible endpoint, with escalation and recording."""
+    from fcagent.serve import ServeSettings, serve
+
+    serve(model, host=host, port=port, teacher=teacher, store=str(store) if store else None, validate=validate.value,
+          settings=ServeSettings(api_key=api_key, max_tokens_limit=max_tokens, max_body_bytes=max_body_bytes))
 
 
 def main() -> None:

@@ -103,6 +103,7 @@ class DecodeRequest:
     settings: DecodeSettings
     tools: list[dict[str, Any]] | None = None  # the call grammar's functions (constrained decoding)
     sink: Callable[[int, str], None] | None = None  # (candidate index, text piece) while decoding
+    cancelled: Any = None  # a threading.Event: once set, this request's rows stop (a client went away)
 
 
 @dataclass
@@ -191,8 +192,12 @@ class Generator:
             prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
             ids, mask = enc["input_ids"], enc["attention_mask"]
         width = ids.shape[1]
+        gen["stopping_criteria"] = []
         if settings.stop_at_call_end:
-            gen["stopping_criteria"] = [_call_end_criteria(tok, width, settings.prefix)]
+            gen["stopping_criteria"].append(_call_end_criteria(tok, width, settings.prefix))
+        if any(r.cancelled is not None for r in requests):
+            flags = [r.cancelled for r, n in zip(requests, ns) for _ in range(n)]
+            gen["stopping_criteria"].append(_cancelled_criteria(flags))
         tools = [r.tools for r in requests]
         if settings.constrain and any(tools):
             constrainer = self.constrainer(settings.constrain)  # type: ignore[misc]
@@ -263,6 +268,19 @@ class Generator:
                                    truncated=[c >= settings.max_new_tokens for c in counts[at:at + n]]))
             at += n
         return results
+
+
+def _cancelled_criteria(flags: list[Any]) -> Any:
+    """A StoppingCriteria: a row stops once its request's `cancelled` event is set; the batch goes on."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = [flag is not None and flag.is_set() for flag in flags]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return Cancelled()
 
 
 def _call_end_criteria(tokenizer: Any, prompt_len: int, prefix: str) -> Any:

@@ -46,7 +46,7 @@ from fcagent.prompting import PromptStyle, render_system_prompt, to_chat_dicts, 
 
 __all__ = ["LocalChatModel", "to_chat_dicts", "call_end", "reply_message"]
 
-_IGNORED_CALL_KWARGS = {"tool_choice", "parallel_tool_calls", "stream", "ls_structured_output_format"}
+_IGNORED_CALL_KWARGS = {"tool_choice", "parallel_tool_calls", "stream", "ls_structured_output_format", "cancel"}
 
 
 def reply_message(content: str, tools: list[dict[str, Any]] | None) -> AIMessage:
@@ -199,8 +199,8 @@ class LocalChatModel(BaseChatModel):
         sent = [""]
         started = time.perf_counter()
         decoded = self.decode(DecodeRequest(prompt=self.render(messages, tools), settings=settings,
-                                            tools=grammar_tools,
-                                            sink=sink if streams else None))
+                                            tools=grammar_tools, sink=sink if streams else None,
+                                            cancelled=kwargs.get("cancel")))
         elapsed = time.perf_counter() - started
         generations = []
         for i, (text, count, truncated) in enumerate(zip(decoded.texts, decoded.completion_tokens, decoded.truncated)):

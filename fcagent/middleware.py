@@ -34,7 +34,7 @@ from fcagent.records import StepError
 from fcagent.recorder import episode_from_buffer
 from fcagent.store import StoreWriteError, TraceStore, open_store
 
-__all__ = ["TraceMiddleware", "StudentMiddleware", "TracedState", "student_failure", "EPISODE_ID_KEY",
+__all__ = ["TraceMiddleware", "StudentMiddleware", "StudentCheck", "TracedState", "student_failure", "EPISODE_ID_KEY",
            "grounded_answer", "repeated_call"]
 
 EPISODE_ID_KEY = keys.EPISODE_ID
@@ -310,43 +310,40 @@ _JUDGE_PROMPT = ("You check an assistant's final answer. Reply with only YES if 
 Validator = Literal["grounded", "any"] | Callable[..., Any] | BaseChatModel
 
 
-class StudentMiddleware(AgentMiddleware):
-    """Route `create_agent`'s model calls to a trained student; escalate failed steps to the teacher.
-
-    `create_agent(teacher, tools, middleware=[StudentMiddleware(student, store="traces.db")])`: every
-    model call goes to the student (`request.override(model=student)`). When the student's reply
-    fails validation the same request goes to the teacher (the agent's own model, or `teacher=`),
-    and both replies are stored as a teacher-vs-student preference pair for the next training round.
+class StudentCheck:
+    """Whether a student's reply can stand, or must go to the teacher: one decision for
+    `StudentMiddleware` and `fcagent serve`.
 
     A call fails when it cannot be read, names an unknown function, has schema-invalid arguments or
-    repeats a call already made in this turn (`repeated_call`: a small model's loop).
-    An answer in words is checked by `validate`:
+    repeats a call already made in this turn (`repeated_call`: a small model's loop). An answer in
+    words is checked by `validate`:
 
     * `"grounded"` (default): accepted where a tool result of this turn came before it, or no tools
-      are offered (`grounded_answer`); a small model that answers without looking anything up
-      is escalated;
+      are offered (`grounded_answer`); a small model that answers without looking anything up is
+      escalated;
     * `"any"`: every answer in words is accepted;
     * a function `(messages, reply) -> bool | str | None` (False or a string: the reason it fails);
     * a chat model: a judge asked whether the answer follows from the conversation (YES / NO: why).
-
-    Every reply is stamped with the model that produced it (`response_metadata["model_name"]`), so a
-    `TraceMiddleware` in front of this one records the student's accepted replies under its name.
     """
 
-    def __init__(self, student: Any, *, teacher: Any = None, store: str | TraceStore | None = None,
-                 validate: Validator = "grounded", require_call: bool = False):
-        super().__init__()
+    def __init__(self, validate: Validator = "grounded", *, require_call: bool = False):
         if not (validate in ("grounded", "any") or callable(validate) or isinstance(validate, BaseChatModel)):
             raise UserError("`validate` must be 'grounded', 'any', a function (messages, reply) -> bool | str | None, "
                             f"or a chat model, got {validate!r}")
-        self.student = student
-        self.teacher = teacher
-        self.store = open_store(store) if store is not None else None
         self.validate = validate
         self.require_call = require_call
-        self.escalations = 0
-        self.student_calls = 0
-        self._lock = threading.Lock()
+        self.judges = isinstance(validate, BaseChatModel)  # a model call: async callers run it off the loop
+
+    def failure(self, messages: list[Any], reply: AIMessage | None, tools: list[dict[str, Any]]) -> StepError | None:
+        """Why `reply` (to `messages`, with `tools` offered) fails, or None when it can stand."""
+        if reply is None:
+            return StepError(kind="no_call", detail="the student returned no message")
+        why = student_failure(reply, tools, require_call=self.require_call)
+        if why is None and reply.tool_calls:
+            return repeated_call(messages, reply)
+        if why is None:
+            return self._judge_text(messages, reply, tools)
+        return why
 
     def _judge_text(self, messages: list[Any], reply: AIMessage, tools: list[dict[str, Any]]) -> StepError | None:
         if self.validate == "any":
@@ -364,16 +361,36 @@ class StudentMiddleware(AgentMiddleware):
             return None
         return StepError(kind="no_call", detail=outcome if isinstance(outcome, str) else "rejected by `validate`")
 
+
+class StudentMiddleware(AgentMiddleware):
+    """Route `create_agent`'s model calls to a trained student; escalate failed steps to the teacher.
+
+    `create_agent(teacher, tools, middleware=[StudentMiddleware(student, store="traces.db")])`: every
+    model call goes to the student (`request.override(model=student)`). When the student's reply
+    fails validation the same request goes to the teacher (the agent's own model, or `teacher=`),
+    and both replies are stored as a teacher-vs-student preference pair for the next training round.
+
+    Which replies fail is `StudentCheck`'s decision (`validate`, `require_call`): unreadable or
+    invalid calls, repeated calls, and answers in words that `validate` rejects (`"grounded"` by
+    default: an answer given without looking anything up this turn).
+
+    Every reply is stamped with the model that produced it (`response_metadata["model_name"]`), so a
+    `TraceMiddleware` in front of this one records the student's accepted replies under its name.
+    """
+
+    def __init__(self, student: Any, *, teacher: Any = None, store: str | TraceStore | None = None,
+                 validate: Validator = "grounded", require_call: bool = False):
+        super().__init__()
+        self.check = StudentCheck(validate, require_call=require_call)
+        self.student = student
+        self.teacher = teacher
+        self.store = open_store(store) if store is not None else None
+        self.escalations = 0
+        self.student_calls = 0
+        self._lock = threading.Lock()
+
     def _failure(self, request: Any, reply: AIMessage | None) -> StepError | None:
-        tools = tool_schemas(list(request.tools or []))
-        if reply is None:
-            return StepError(kind="no_call", detail="the student returned no message")
-        why = student_failure(reply, tools, require_call=self.require_call)
-        if why is None and reply.tool_calls:
-            why = repeated_call(list(request.messages), reply)
-        elif why is None:
-            why = self._judge_text(_request_messages(request), reply, tools)
-        return why
+        return self.check.failure(_request_messages(request), reply, tool_schemas(list(request.tools or [])))
 
     def _stamp(self, response: Any, model: Any) -> Any:
         for m in _replies(response):
@@ -406,7 +423,8 @@ class StudentMiddleware(AgentMiddleware):
     async def awrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         student_response = await handler(request.override(model=self.student))
         replies = _replies(student_response)
-        why = await asyncio.to_thread(self._failure, request, replies[-1] if replies else None)
+        reply = replies[-1] if replies else None
+        why = await asyncio.to_thread(self._failure, request, reply) if self.check.judges else self._failure(request, reply)
         teacher_request = self._route(request, student_response, why)
         if teacher_request is None:
             return student_response

@@ -81,6 +81,7 @@ def _base(path: tuple[str, ...], tmp) -> list[str]:
         ("traces", "import"): [str(tmp["garbage"]), "--store", str(tmp["folder"] / "i.db")],
         ("traces", "label"): ["zzzzzzzz", "--good", "--store", store],
         ("traces", "import-langsmith"): ["--project", "p", "--store", store],
+        ("serve",): ["nope:zzz-model"],  # never starts: the model spec is no model
     }[path]
 
 
