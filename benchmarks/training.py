@@ -27,21 +27,24 @@ from pathlib import Path
 
 PARAMS = 134_515_008
 
+# Every lever off: fcagent's path before this work (TRL's forward, fp32, no grouping).
+_OFF = {"base_dtype": "float32", "group_by_length": False, "compact_head": False, "prefix_sharing": False}
 SFT_CONFIGS = {
     "TRL defaults (per-step rows, teacher prompt, fp32, checkpointing)": ("steps_examples", {"trl_defaults": True}),
-    "fcagent before (per-step rows, teacher prompt, fp32)": ("steps_examples", {"base_dtype": "float32", "group_by_length": False}),
-    "+ whole-chain rows": ("chains_examples", {"base_dtype": "float32", "group_by_length": False}),
-    "+ compact prompt": ("steps_compact", {"base_dtype": "float32", "group_by_length": False}),
-    "+ bf16 frozen weights": ("steps_examples", {"base_dtype": "bfloat16", "group_by_length": False}),
-    "+ length-grouped batches": ("steps_examples", {"base_dtype": "float32", "group_by_length": True}),
-    "all levers (fcagent now)": ("chains_compact", {"base_dtype": "bfloat16", "group_by_length": True}),
+    "fcagent before (per-step rows, teacher prompt, fp32)": ("steps_examples", {**_OFF}),
+    "+ whole-chain rows": ("chains_examples", {**_OFF}),
+    "+ compact prompt": ("steps_compact", {**_OFF}),
+    "+ bf16 frozen weights": ("steps_examples", {**_OFF, "base_dtype": "bfloat16"}),
+    "+ length-grouped batches": ("steps_examples", {**_OFF, "group_by_length": True}),
+    "+ compact LM head": ("steps_examples", {**_OFF, "compact_head": True}),
+    "all levers (fcagent now)": ("chains_compact", {"base_dtype": "bfloat16", "group_by_length": True, "compact_head": True}),
 }
 DPO_CONFIGS = {
     "TRL defaults (fp32, checkpointing)": ("pairs_examples", {"trl_defaults": True}),
-    "fcagent before (fp32, TRL's forward)": ("pairs_examples", {"base_dtype": "float32", "prefix_sharing": False}),
-    "+ prefix-shared forward": ("pairs_examples", {"base_dtype": "float32", "prefix_sharing": True}),
-    "+ bf16 frozen weights": ("pairs_examples", {"base_dtype": "bfloat16", "prefix_sharing": False}),
-    "+ compact prompt": ("pairs_compact", {"base_dtype": "float32", "prefix_sharing": False}),
+    "fcagent before (fp32, TRL's forward)": ("pairs_examples", {**_OFF}),
+    "+ prefix-shared forward (and compact head)": ("pairs_examples", {**_OFF, "prefix_sharing": True}),
+    "+ bf16 frozen weights": ("pairs_examples", {**_OFF, "base_dtype": "bfloat16"}),
+    "+ compact prompt": ("pairs_compact", {**_OFF}),
     "all levers (fcagent now)": ("pairs_compact", {"base_dtype": "bfloat16", "prefix_sharing": True}),
 }
 

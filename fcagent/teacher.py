@@ -60,6 +60,10 @@ class ReferenceTeacher(BaseChatModel):
             # such a text identifies none of them.
             self._by_question[p.question] = None if p.question in self._by_question else p
 
+    def knows(self, problem_id: str) -> bool:
+        """Whether this teacher has a gold chain for `problem_id`."""
+        return problem_id in self._by_id
+
     def _find(self, messages: list[BaseMessage], metadata: dict[str, Any]) -> Problem:
         # fcagent's graph names the problem in the run metadata; other agents are matched by question.
         by_id = self._by_id.get(metadata.get(keys.PROBLEM_ID, ""))

@@ -15,7 +15,9 @@ TRL's own path on the same rows:
 * **bf16 frozen weights** (`base_dtype`): the base model in bf16 where the CPU or GPU has bf16 matrix
   units, the LoRA weights and optimizer in fp32 (bf16 *autocast* under TRL was slower here);
 * **length-grouped batches** (`group_by_length`): less padding in mixed-length batches;
-* **prefix-shared DPO** (`prefix_sharing`, `fcagent.prefix_dpo`): each pair's prompt runs once.
+* **prefix-shared DPO** (`prefix_sharing`, `fcagent.trainers`): each pair's prompt runs once;
+* **the compact LM head** (`compact_head`, `fcagent.trainers`): the 49k-token head runs only where a
+  label is scored (TRL scores every position on a CPU).
 
 Other defaults, set for the bundled 135M model on a 2-core CPU and the same on a GPU: gradient
 checkpointing off (memory is not the limit), LoRA dropout 0 (it cost ~2 of 12 s per step here),
@@ -92,7 +94,8 @@ class TrainSettings(BaseModel):
         "auto", description="The frozen base weights' dtype (LoRA weights stay fp32). auto: bfloat16 where the "
         "machine has bf16 matrix units (CUDA, or a CPU with AMX / AVX512-BF16), else float32.")
     group_by_length: bool = Field(True, description="Batch rows of similar length (less padding).")
-    prefix_sharing: bool = Field(True, description="DPO: each pair's prompt runs once (fcagent.prefix_dpo).")
+    prefix_sharing: bool = Field(True, description="DPO: each pair's prompt runs once (fcagent.trainers).")
+    compact_head: bool = Field(True, description="The LM head only at the scored positions (fcagent.trainers).")
     prompt_style: Literal["examples", "compact"] | None = Field(
         None, description="The prompt style the rows were exported with; None reads it from the export's stats.")
 
@@ -327,7 +330,7 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
     from trl import DPOTrainer, SFTTrainer
 
     from fcagent.chat_templates import training_template
-    from fcagent.prefix_dpo import PrefixSharingDPOTrainer
+    from fcagent.trainers import CompactHeadSFTTrainer, PrefixSharingDPOTrainer
 
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                              target_modules=lora.target_modules, task_type="CAUSAL_LM")
@@ -351,8 +354,9 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
         if template is not None:
             tokenizer.chat_template = template  # renders what inference renders, assistant turns marked
         if kind in ("sft", "sft-warm"):
-            trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                 peft_config=peft_config, callbacks=[live])
+            trainer_class = CompactHeadSFTTrainer if settings.compact_head and not settings.trl_defaults else SFTTrainer
+            trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                                    peft_config=peft_config, callbacks=[live])
         else:
             trainer_class = PrefixSharingDPOTrainer if settings.prefix_sharing and not settings.trl_defaults else DPOTrainer
             trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,

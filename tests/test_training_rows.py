@@ -138,7 +138,7 @@ def test_prefix_shared_dpo_matches_trls_log_probs_and_gradients(tiny_model_dir):
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
 
-    from fcagent.prefix_dpo import install_prefix_sharing
+    from fcagent.trainers import install_compact_head, install_prefix_sharing
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trl_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -160,9 +160,34 @@ def test_prefix_shared_dpo_matches_trls_log_probs_and_gradients(tiny_model_dir):
     (b.log_probs.sum() + b.entropy.sum()).backward()
     for p, q in zip(trl_model.parameters(), ours.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-4)
-    # a batch that is not pairs of shared prompts falls back to TRL's own forward
+    # a batch that is not pairs of shared prompts is scored unpacked, still only where labelled
     single = {**kw, "input_ids": batch["input_ids"][:3], "attention_mask": batch["attention_mask"][:3], "labels": labels[:3]}
-    assert torch.allclose(trl_model(**single).log_probs, ours(**single).log_probs)
+    assert torch.allclose(trl_model(**single).log_probs, ours(**single).log_probs, atol=1e-4)
+
+
+def test_the_compact_lm_head_matches_trls_for_sft(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from fcagent.trainers import install_compact_head
+
+    trl_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ours = copy.deepcopy(trl_model)
+    outputs = ("log_probs", "entropy", "is_top1")
+    add_fused_lm_head(trl_model, outputs=outputs)
+    add_fused_lm_head(ours, outputs=outputs)
+    install_compact_head(ours, outputs)
+    ids = torch.randint(5, 2000, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[2, 30:] = 0  # a padded row
+    labels = ids.masked_fill(torch.rand(ids.shape) < 0.7, -100).masked_fill(mask == 0, -100)
+    kw = {"input_ids": ids, "attention_mask": mask, "labels": labels, "fused_lm_head": True}
+    a, b = trl_model(**kw), ours(**kw)
+    assert torch.allclose(a.log_probs, b.log_probs, atol=1e-4) and torch.allclose(a.loss, b.loss, atol=1e-5)
+    a.loss.backward()
+    b.loss.backward()
+    for p, q in zip(trl_model.parameters(), ours.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4)
 
 
 def test_the_graph_serves_a_model_its_own_prompt_style(tiny_model_dir):
