@@ -165,7 +165,8 @@ class TraceMiddleware(AgentMiddleware):
         return None
 
     async def aafter_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-        return self.after_agent(state, runtime)
+        # The store write blocks (SQLite): off the event loop (LangGraph's server refuses blocking calls on it).
+        return await asyncio.to_thread(self.after_agent, state, runtime)
 
     # --- model and tool calls ------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ class TraceMiddleware(AgentMiddleware):
             response = await handler(request)
         except BaseException as exc:
             self._record_call(request, None, exc, started, tick)
-            self._fail(self._buffer(request.state)["id"], exc)
+            await asyncio.to_thread(self._fail, self._buffer(request.state)["id"], exc)
             raise
         self._record_call(request, response, None, started, tick)
         return response
@@ -247,7 +248,7 @@ class TraceMiddleware(AgentMiddleware):
             result = await handler(request)
         except BaseException as exc:
             self._record_tool(request, None, exc, started, tick)
-            self._fail(self._buffer(request.state)["id"], exc)
+            await asyncio.to_thread(self._fail, self._buffer(request.state)["id"], exc)
             raise
         self._record_tool(request, result, None, started, tick)
         return result

@@ -9,25 +9,26 @@
   model calls go to the student first (`StudentMiddleware`) and to the teacher when the student's reply
   fails validation, every call recorded by `TraceMiddleware` into `$FCAGENT_STORE`
   (default `fcagent-studio.db`). The teacher is `$FCAGENT_TEACHER` (e.g. `openai:gpt-4.1`); offline,
-  the same weights decoded under the call grammar (`?constrain=llguidance`), so every escalated step
-  at least makes a valid call — escalations show up in Studio as the teacher's turns.
+  `WarehouseTeacher`, a rule-based stand-in for a large model that knows this demo's three tools —
+  escalations show up in Studio as its turns.
 """
 
-from __future__ import annotations
-
 import os
+import re
+import uuid
 from functools import cache
 from typing import Any
 
 from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatResult
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import ToolException, tool
 from pydantic import ConfigDict
 
 from fcagent import ReferenceTeacher, StudentMiddleware, TraceMiddleware, build_agent_graph, get_task, keys, load_chat_model
+from fcagent.prompting import tool_schemas
 
 
 @cache
@@ -103,9 +104,48 @@ def opening_hours(day: str) -> str:
 check_stock.handle_tool_error = reserve.handle_tool_error = True
 
 
+class WarehouseTeacher(BaseChatModel):
+    """Offline there is no large model: this stand-in calls the demo's tools the way one would (a SKU →
+    `check_stock`, or `reserve` when asked to reserve a number of units; a weekday → `opening_hours`) and
+    answers from a tool's result."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "fcagent-warehouse-teacher"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": "warehouse-teacher"}
+
+    def bind_tools(self, tools: list[Any], **kwargs: Any):
+        return self.bind(tools=tool_schemas(tools), **kwargs)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        last = messages[-1]
+        if isinstance(last, ToolMessage):
+            reply = AIMessage(content=f"{last.name or 'The tool'} says: {last.content}")
+        else:
+            question = next((m.content for m in reversed(messages) if isinstance(m, HumanMessage)), "")
+            sku = re.search(r"SKU-\d+", str(question), re.I)
+            amount = re.search(r"reserve\D*(\d+)", str(question), re.I)
+            day = re.search(r"(mon|tues|wednes|thurs|fri|satur|sun)day", str(question), re.I)
+            if sku and amount:
+                call = {"name": "reserve", "args": {"sku": sku.group(0).upper(), "quantity": int(amount.group(1))}}
+            elif sku:
+                call = {"name": "check_stock", "args": {"sku": sku.group(0).upper()}}
+            elif day:
+                call = {"name": "opening_hours", "args": {"day": day.group(0).capitalize()}}
+            else:
+                call = None
+            reply = AIMessage(content="", tool_calls=[{**call, "id": f"call_{uuid.uuid4().hex[:8]}"}]) if call else \
+                AIMessage(content="I can check stock, reserve units and give the opening hours.")
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
 def _own_agent():
-    teacher = load_chat_model(os.environ.get("FCAGENT_TEACHER", "bundled:smollm2-135m?constrain=llguidance"),
-                              **({} if os.environ.get("FCAGENT_TEACHER") else {"max_new_tokens": 64}))
+    spec = os.environ.get("FCAGENT_TEACHER")
+    teacher = load_chat_model(spec) if spec else WarehouseTeacher()
     store = os.environ.get("FCAGENT_STORE", "fcagent-studio.db")
     return create_agent(teacher, [check_stock, reserve, opening_hours],
                         system_prompt="You are a warehouse assistant. Use the tools to answer.",

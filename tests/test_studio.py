@@ -95,4 +95,5 @@ def test_the_own_agent_graph_escalates_and_records(dev_server):
     assert final["messages"][-1]["type"] == "ai" and tokens
     assert final.get("fcagent_episode_id")
     store = TraceStore(work / "studio.db")
-    assert store.count() >= 1 and any(e.id == final["fcagent_episode_id"] for e in store.episodes())
+    episodes = {e.id: e for e in store.episodes()}
+    assert final["fcagent_episode_id"] in episodes, (final["fcagent_episode_id"], [(e.id, e.name) for e in episodes.values()])
