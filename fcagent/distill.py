@@ -71,7 +71,8 @@ PRESETS: dict[str, DistillPreset] = {
     # their pairs (4 pairs a step: 2 per pass, 2 passes).
     "full": DistillPreset(name="full", train_problems=400, test_problems=100, samples=4, replay_contexts=None,
                           methods=["sft", "sft-dpo", "sft-rpo"],
-                          sft=TrainSettings(method="sft", num_train_epochs=3, per_device_train_batch_size=4),
+                          sft=TrainSettings(method="sft", num_train_epochs=3, per_device_train_batch_size=4,
+                                            save_epochs=True),
                           preference=TrainSettings(method="dpo", num_train_epochs=1, per_device_train_batch_size=2,
                                                    gradient_accumulation_steps=2)),
 }
@@ -226,6 +227,10 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     if settings.constrain:
         models |= {f"{name}+{settings.constrain}": f"{spec}?constrain={settings.constrain}"
                    for name, spec in list(models.items())}
+    # The SFT student after each earlier epoch (its last epoch is `sft` itself): the learning curve.
+    epochs = sorted((p for p in (out / "runs" / "sft" / "epochs").glob("*") if (p / RUN_MANIFEST).exists()),
+                    key=lambda p: int(p.name)) if "sft" in runs else []
+    models |= {f"sft@{p.name}": str(p) for p in epochs[:-1]}
     teacher_is_reference = teacher == "reference"
     if not teacher_is_reference:
         models = {"teacher": teacher, **models}
@@ -247,5 +252,35 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
              f"Data: {exported.get('sft_rows', 0)} SFT rows, {exported.get('pairs', 0)} preference pairs "
              f"{json.dumps(exported.get('pairs_by_source', {}))}.",
              "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
+    curve = _learning_curve(report, [int(p.name) for p in epochs], out / "learning_curve.png")
+    if curve:
+        notes.append("SFT learning curve (held-out accuracy after each epoch; epoch 0 is the untrained student): "
+                     + ", ".join(f"{k}: {v:.0%}" for k, v in curve) + ". ![learning curve](learning_curve.png)")
     write_report(report, out, title=f"fcagent distill: {t.spec}", notes="\n\n".join(notes))
     return report
+
+
+def _learning_curve(report: dict[str, Any], epochs: list[int], path: Path) -> list[tuple[int, float]]:
+    """Held-out accuracy per SFT epoch (from `base`, `sft@k` and `sft`), plotted to `path`."""
+    models = report["models"]
+    if not epochs or "sft" not in models:
+        return []
+    points = [(0, models["base"]["accuracy"])] if "base" in models else []
+    points += [(k, models[f"sft@{k}"]["accuracy"]) for k in epochs[:-1] if f"sft@{k}" in models]
+    points.append((epochs[-1], models["sft"]["accuracy"]))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.set_xlabel("SFT epochs")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{report['task']}: SFT learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return points

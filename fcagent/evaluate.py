@@ -184,9 +184,18 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
     return report
 
 
+def _relative_paths(text: str, folder: Path) -> str:
+    """`text` with this run folder's absolute path taken out: reports are committed and read elsewhere."""
+    for prefix in {str(folder.resolve()), str(folder.absolute())}:
+        text = text.replace(prefix + "/", "").replace(prefix, ".")
+    return text
+
+
 def write_report(report: dict[str, Any], out: Path, *, title: str | None = None, notes: str = "") -> None:
+    """`results.json`, `report.md` and the plots into `out`; paths inside `out` are written relative to it."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.json").write_text(_relative_paths(json.dumps(report, indent=2), out))
+    notes = _relative_paths(notes, out)
     lines = [f"# {title or 'Evaluation: ' + report['task']}", "",
              f"{report['n_problems']} held-out problems ({report['split']} split) of `{report['task']}`, every model "
              "through the same graph.", ""]
@@ -203,7 +212,7 @@ def write_report(report: dict[str, Any], out: Path, *, title: str | None = None,
               "|---|---|---|---|"]
     for pair, t in report["mcnemar"].items():
         lines.append(f"| {pair} | {t['only_a']} | {t['only_b']} | {t['p_value']:.3g} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.md").write_text(_relative_paths("\n".join(lines) + "\n", out))
     _plots(report, out)
 
 

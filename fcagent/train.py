@@ -96,6 +96,8 @@ class TrainSettings(BaseModel):
     group_by_length: bool = Field(True, description="Batch rows of similar length (less padding).")
     prefix_sharing: bool = Field(True, description="DPO: each pair's prompt runs once (fcagent.trainers).")
     compact_head: bool = Field(True, description="The LM head only at the scored positions (fcagent.trainers).")
+    save_epochs: bool = Field(False, description="SFT: keep the adapter after every epoch as a run folder of its own "
+                              "(`epochs/N`), so held-out accuracy can be plotted against epochs.")
     prompt_style: Literal["examples", "compact"] | None = Field(
         None, description="The prompt style the rows were exported with; None reads it from the export's stats.")
 
@@ -207,6 +209,24 @@ def _length_report(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
         keep.append(i)
         tokens.append(total)
     return keep, dropped, tokens
+
+
+class _EpochSnapshots:
+    """A TrainerCallback that saves the adapter at the end of every epoch as a loadable run folder."""
+
+    def __new__(cls, out: Path, manifest: dict[str, Any]):
+        from transformers import TrainerCallback
+
+        class Snapshots(TrainerCallback):
+            def on_epoch_end(self, args, state, control, model=None, **kw):
+                epoch = max(1, round(state.epoch or 0))
+                folder = out / "epochs" / str(epoch)
+                model.save_pretrained(folder / "adapter")
+                (folder / RUN_MANIFEST).write_text(json.dumps({
+                    **manifest, "epoch": epoch, "adapters": ["adapter"],
+                    "adapter_sha256": {"adapter": adapter_digest(folder / "adapter")}}, indent=2))
+
+        return Snapshots()
 
 
 class _LiveMetrics:
@@ -324,7 +344,8 @@ def _trainer_args(settings: TrainSettings, out: Path, kind: str, *, conversation
 
 
 def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: TrainSettings,
-         lora: LoraSettings, out: Path, label: str) -> tuple[Any, list[dict[str, Any]], int]:
+         lora: LoraSettings, out: Path, label: str,
+         snapshot: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]], int]:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOTrainer, SFTTrainer
@@ -348,6 +369,7 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
     steps_per_epoch = math.ceil(len(data_rows) / (settings.per_device_train_batch_size * settings.gradient_accumulation_steps))
     total = args.max_steps if args.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
     live = _LiveMetrics(out / "metrics.jsonl", total, label)
+    callbacks = [live, *([_EpochSnapshots(out, snapshot)] if snapshot is not None else [])]
     data = Dataset.from_list(data_rows)
     inference_template = tokenizer.chat_template
     try:
@@ -356,11 +378,11 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
         if kind in ("sft", "sft-warm"):
             trainer_class = CompactHeadSFTTrainer if settings.compact_head and not settings.trl_defaults else SFTTrainer
             trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                    peft_config=peft_config, callbacks=[live])
+                                    peft_config=peft_config, callbacks=callbacks)
         else:
             trainer_class = PrefixSharingDPOTrainer if settings.prefix_sharing and not settings.trl_defaults else DPOTrainer
             trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                    peft_config=peft_config, callbacks=[live])
+                                    peft_config=peft_config, callbacks=callbacks)
         trainer.train()
     finally:
         tokenizer.chat_template = inference_template
@@ -418,7 +440,9 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
         metrics += [{**r, "phase": "sft"} for r in m]
         steps += s
     method_kind = {"dpo": "dpo", "rpo": "rpo", "sft": "sft", "sft-dpo": "dpo", "sft-rpo": "rpo"}[settings.method]
-    model, m, s = _fit(method_kind, model, tokenizer, rows, settings, lora, out, settings.method)
+    snapshot = {"base_model": student, "method": settings.method, "prompt_style": prompt_style} \
+        if settings.save_epochs and settings.method == "sft" else None
+    model, m, s = _fit(method_kind, model, tokenizer, rows, settings, lora, out, settings.method, snapshot)
     metrics += m
     steps += s
     seconds = time.perf_counter() - started
