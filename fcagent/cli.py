@@ -48,6 +48,16 @@ class Unlabelled(str, Enum):
     good = "good"
 
 
+class SftRows(str, Enum):
+    chain = "chain"
+    step = "step"
+
+
+class PromptStyleChoice(str, Enum):
+    as_recorded = "as_recorded"
+    compact = "compact"
+
+
 class MethodChoice(str, Enum):
     dpo = "dpo"
     sft = "sft"
@@ -382,6 +392,8 @@ def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")
                teacher_student: Annotated[bool, typer.Option(help="Include teacher-vs-student pairs.")] = True,
                task: Annotated[Optional[str], typer.Option(help="Only this task family.")] = None,
                unlabelled: Annotated[Unlabelled, typer.Option(help="Episodes nobody labelled: skip, or take them as good.")] = Unlabelled.skip,
+               sft_rows: Annotated[SftRows, typer.Option(help="SFT: a row per good chain (every turn trained) or per step.")] = SftRows.chain,
+               prompt_style: Annotated[PromptStyleChoice, typer.Option(help="The rows' system prompt: the teacher's, or the compact student one.")] = PromptStyleChoice.as_recorded,
                max_pairs_per_context: Annotated[int, typer.Option(min=1)] = 4,
                max_pairs_per_problem: Annotated[int, typer.Option(min=1)] = 16, seed: int = 0,
                redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
@@ -392,6 +404,7 @@ def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")
     if out.exists() and not out.is_dir():
         raise UserError(f"`--out` {out} is a file; it names the folder the export writes into")
     settings = dict(level=level.value, teacher_student=teacher_student, task=task, unlabelled=unlabelled.value,
+                    sft_rows=sft_rows.value, prompt_style=prompt_style.value,
                     max_pairs_per_context=max_pairs_per_context,
                     max_pairs_per_problem=max_pairs_per_problem, seed=seed, redact=redact)
     result = (export_preference_pairs if kind is Kind.dpo else export_sft)(_open_store(store), out, **settings)
