@@ -99,7 +99,7 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
                                "threads": torch.get_num_threads()}
 
     def tally(name: str, fn) -> None:
-        chat._prefix_caches.clear()
+        chat._prefix_cache.clear()
         torch.manual_seed(0)
         started = time.perf_counter()
         tokens, completions = fn()
@@ -145,7 +145,9 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
         return t, c
 
     def concurrent():
-        wide = chat.model_copy(update={"max_batch_rows": len(cases) * k})  # shares the model and its queue
+        # A new instance sharing the weights: model_copy() would share the 8-row queue as well.
+        fields = {name: getattr(chat, name) for name in type(chat).model_fields}
+        wide = type(chat)(**fields | {"max_batch_rows": len(cases) * k})
         with ThreadPoolExecutor(max_workers=len(cases)) as pool:
             parts = list(pool.map(lambda messages: usage(wide.generate([messages], n=k)), cases))
         return sum(p[0] for p in parts), sum(p[1] for p in parts)

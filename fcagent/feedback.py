@@ -12,13 +12,13 @@ which is the episode id). `read_feedback("feedback.jsonl")` reads JSON Lines or 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from fcagent.errors import UserError
 from fcagent.records import Label
+from fcagent.tasks.base import DataError, parse_json_records
 
 __all__ = ["read_feedback", "parse_verdict"]
 
@@ -56,18 +56,10 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         return [(i, dict(row)) for i, row in enumerate(reader, 2)]
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{lineno}: not JSON ({exc.msg}); feedback is one JSON object per line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: a feedback line must be a JSON object with `id` and `label`")
-        out.append((lineno, row))
-    return out
+    try:
+        return list(parse_json_records(text, path))
+    except DataError as exc:
+        raise UserError(f"{exc}; feedback is JSONL (one object per line with `id` and `label`) or CSV") from None
 
 
 def read_feedback(path: str | os.PathLike[str], *, source: str = "feedback") -> list[Label]:

@@ -24,9 +24,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the routes' annotations here
@@ -43,7 +46,7 @@ from fcagent.records import StepError
 from fcagent.recorder import TraceRecorder
 from fcagent.store import TraceStore, open_store
 
-__all__ = ["create_app", "serve", "ChatRequest", "ServeSettings"]
+__all__ = ["create_app", "serve", "background_server", "ChatRequest", "ServeSettings"]
 
 MODEL_HEADER = "x-fcagent-model"
 
@@ -527,3 +530,27 @@ def serve(student: str, *, host: str = "127.0.0.1", port: int = 8000, teacher: s
     app = create_app(student_model, teacher=teacher_model, store=store, validate=validate,
                      settings=settings.model_copy(update={"model_name": student}))
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextmanager
+def background_server(app: FastAPI, *, host: str = "127.0.0.1", start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run `app` on a free loopback port in a thread for the `with` block; yields its base URL (tests,
+    benchmarks, a notebook that calls its own student)."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="fcagent-serve")
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

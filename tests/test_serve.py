@@ -4,10 +4,7 @@ user's create_agent agent, escalation to a teacher landing in the store, feedbac
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -17,7 +14,7 @@ from langchain_core.tools import tool
 
 from fcagent import TraceStore, load_chat_model
 from fcagent.export import export_preference_pairs
-from fcagent.serve import ServeSettings, create_app
+from fcagent.serve import ServeSettings, background_server, create_app
 from fcagent.testing import ScriptedChatModel
 
 openai = pytest.importorskip("openai")
@@ -27,26 +24,6 @@ STOCK_TOOL = {"type": "function", "function": {"name": "get_stock", "description
                                                               "required": ["sku"]}}}
 
 
-@contextmanager
-def running(app):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def constrained(smol_dir):
     return load_chat_model("bundled:smollm2-135m?constrain=llguidance", max_new_tokens=48, response_prefix='{"name": "')
@@ -54,7 +31,7 @@ def constrained(smol_dir):
 
 def test_the_official_client_plain_tools_streaming_and_n(constrained, smol_dir):
     plain = load_chat_model("bundled:smollm2-135m", max_new_tokens=24)
-    with running(create_app(plain, settings=ServeSettings(model_name="student"))) as url:
+    with background_server(create_app(plain, settings=ServeSettings(model_name="student"))) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         assert [m.id for m in client.models.list().data] == ["student"]
         reply = client.chat.completions.create(model="student", messages=[{"role": "user", "content": "Say hello."}])
@@ -68,7 +45,7 @@ def test_the_official_client_plain_tools_streaming_and_n(constrained, smol_dir):
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == reply.choices[0].message.content  # streamed = returned (greedy)
         assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 2 and chunks[-1].usage.total_tokens
-    with running(create_app(constrained)) as url:
+    with background_server(create_app(constrained)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         ask = [{"role": "user", "content": "How many units of SKU-7 do we have?"}]
         reply = client.chat.completions.create(model="x", messages=ask, tools=[STOCK_TOOL])
@@ -96,7 +73,7 @@ def test_chat_openai_in_a_users_agent_completes_a_tool_call_through_the_server(c
         calls.append(sku)
         return 42
 
-    with running(create_app(constrained)) as url:
+    with background_server(create_app(constrained)) as url:
         model = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model="student")
         out = create_agent(model, [get_stock]).invoke({"messages": [HumanMessage("How many units of SKU-7 do we have?")]})
     assert calls and out["messages"][-1].content == "42"
@@ -107,7 +84,7 @@ def test_escalation_and_feedback_land_in_the_store_and_export_as_a_pair(tmp_path
     teacher = ScriptedChatModel(model_name="big-teacher", responses=[
         AIMessage(content="", tool_calls=[{"name": "get_stock", "args": {"sku": "SKU-7"}, "id": None}])])
     store = TraceStore(tmp_path / "t.db")
-    with running(create_app(student, teacher=teacher, store=store)) as url:
+    with background_server(create_app(student, teacher=teacher, store=store)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         raw = client.chat.completions.with_raw_response.create(
             model="x", tools=[STOCK_TOOL], messages=[{"role": "user", "content": "Stock of SKU-7?"}])
@@ -130,7 +107,7 @@ def test_bad_requests_get_openai_style_4xx(tiny_model_dir):
     student = load_chat_model(str(tiny_model_dir), max_new_tokens=4)
     app = create_app(student, settings=ServeSettings(api_key="s3cret", max_body_bytes=5_000, max_tokens_limit=64))
     ok_headers = {"Authorization": "Bearer s3cret"}
-    with running(app) as url:
+    with background_server(app) as url:
         post = lambda body, **kw: httpx.post(f"{url}/v1/chat/completions", **({"json": body} if body is not None else {}),  # noqa: E731
                                              headers=kw.get("headers", ok_headers), content=kw.get("content"))
         user = [{"role": "user", "content": "hi"}]
@@ -157,7 +134,7 @@ def test_bad_requests_get_openai_style_4xx(tiny_model_dir):
 
 def test_a_client_that_disconnects_mid_stream_frees_its_rows(tiny_model_dir):
     student = load_chat_model(str(tiny_model_dir), max_new_tokens=4000, stop_at_call_end=False, stop_sequences=[])
-    with running(create_app(student, settings=ServeSettings(max_tokens_limit=4000))) as url:
+    with background_server(create_app(student, settings=ServeSettings(max_tokens_limit=4000))) as url:
         with httpx.stream("POST", f"{url}/v1/chat/completions",
                           json={"messages": [{"role": "user", "content": "go on forever"}], "stream": True,
                                 "max_tokens": 4000, "temperature": 1.0}) as response:

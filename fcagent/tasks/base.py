@@ -70,8 +70,13 @@ def read_json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    yield from parse_json_records(text, path)
+
+
+def parse_json_records(text: str, path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of JSON text read from `path` (an array, or one object per line); errors
+    name the file and line."""
+    if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:

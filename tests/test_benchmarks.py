@@ -1,0 +1,27 @@
+"""The benchmarks still run against today's API (tiny sizes; no timing is asserted here: performance
+claims come from full benchmark runs, recorded in benchmarks/*.json)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_generation_benchmark_runs_every_path(smol_dir):
+    from benchmarks import generation
+
+    result = generation.run(prompts=2, k=2, max_new=4)
+    for name in ("fcagent_batched", "fcagent_sequential", "raw_generate", "fcagent_concurrent"):
+        assert result[name]["completions"] == 4, name
+        assert result[name]["tokens"] > 0, name
+
+
+def test_serve_benchmark_drives_the_server_batched_and_not(smol_dir):
+    from benchmarks import serve
+
+    result = serve.run(requests=4, clients=2, max_tokens=4)
+    assert result["one_client"]["requests"] == result["concurrent"]["requests"] == 4
+    assert result["concurrent_unbatched"]["batches"] == 4  # batching off: one request per batch
+    assert result["one_client"]["batches"] == 4  # one client: nothing to batch with
+    assert result["concurrent"]["completion_tokens"] > 0
