@@ -482,6 +482,11 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: Literal["dpo",
                 if data.get("problem_id") and per_problem[problem] >= settings.max_pairs_per_problem:
                     dropped["over the per-problem cap"] += 1
                     return
+                if kind == "dpo" and data["chosen"] == data["rejected"]:
+                    # They differed only inside a secret or PII (one email for another): redacted, the pair
+                    # teaches nothing, and unredacted it would leak.
+                    dropped["identical after redaction"] += 1
+                    return
                 if kind == "dpo":
                     validate_pair(data, where=f"pair for context {data['context_hash']}")
                 seen.add(digest)

@@ -191,3 +191,43 @@ def test_no_secret_survives_export_from_messages_tool_args_and_outputs(tmp_path)
     for kind, secret in SECRETS.items():
         for piece in secret.split("\n"):
             assert piece not in exported, kind
+
+
+def test_a_pair_that_differs_only_inside_a_secret_is_dropped_not_fatal(tmp_path):
+    """A good reply to one address and a bad one to another are the same text once redacted: the pair
+    teaches nothing (and unredacted would leak), so it is dropped and counted; the export goes on."""
+    import uuid
+
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+
+    from fcagent.export import export_preference_pairs
+
+    @tool
+    def send_invoice(email: str) -> str:
+        """Sends the invoice to an address."""
+        return "sent"
+
+    @tool
+    def opening_hours(day: str) -> str:
+        """Opening hours on a day."""
+        return "8-16"
+
+    def call(name, **args):
+        return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": f"c{uuid.uuid4().hex[:6]}"}])
+
+    question = "Send my invoice, please."
+    store = TraceStore(tmp_path / "t.db")
+    recorder = TraceRecorder(store)
+    for first, verdict in ((call("send_invoice", email="ana.silva@example.com"), True),
+                           (call("send_invoice", email="jo.berg@example.org"), False),
+                           (call("opening_hours", day="monday"), False)):
+        agent = create_agent(ScriptedChatModel(responses={question: [first, "Done."]}), [send_invoice, opening_hours])
+        run_id = uuid.uuid4()
+        agent.invoke({"messages": [HumanMessage(question)]}, {"run_id": run_id, "callbacks": [recorder]})
+        store.label(str(run_id), verdict, reason="user feedback", source="feedback")
+    result = export_preference_pairs(store, tmp_path / "data")
+    rows = [json.loads(line) for line in result.path.read_text().splitlines()]
+    assert [json.loads(r["rejected"][0]["content"])["name"] for r in rows] == ["opening_hours"]
+    assert result.stats["dropped"]["identical after redaction"] == 1
+    assert "ana.silva" not in result.path.read_text()
