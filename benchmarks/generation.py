@@ -85,7 +85,8 @@ def _llama_cpp(texts: list[str], k: int, max_new: int, temperature: float, threa
             "version": llama_cpp.__version__}
 
 
-def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.8) -> dict[str, Any]:
+def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.8,
+        with_llama_cpp: bool = True) -> dict[str, Any]:
     import torch
 
     from fcagent.models import load_chat_model
@@ -156,7 +157,8 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
     tally("fcagent_sequential", sequential)
     tally("raw_generate", raw)
     tally("fcagent_concurrent", concurrent)
-    results["llama_cpp"] = _llama_cpp(texts, k, max_new, temperature, torch.get_num_threads())
+    results["llama_cpp"] = (_llama_cpp(texts, k, max_new, temperature, torch.get_num_threads()) if with_llama_cpp
+                            else {"skipped": "with_llama_cpp=False"})
     print("llama_cpp", json.dumps(results["llama_cpp"]), flush=True)
     rate = {name: results[name]["tokens_per_second"] for name in
             ("fcagent_batched", "fcagent_sequential", "raw_generate", "fcagent_concurrent")}

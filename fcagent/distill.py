@@ -134,14 +134,17 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
             student_model = load_chat_model(student, **student_kwargs)
         return student_model
 
-    def timed(name: str, fn) -> dict[str, Any]:
+    def timed(name: str, fn, redo_if: Any = None) -> dict[str, Any]:
         info = _done(out, name)
-        if info is not None:
+        if info is not None and not (redo_if and redo_if(info)):
             log(f"[{name}] done before, skipped ({_stage(out, name).name})")
             return info
+        earlier = timings.get(name, 0.0) if info is not None else 0.0
         started = time.perf_counter()
         info = fn()
-        timings[name] = round(time.perf_counter() - started, 1)
+        # A stage done again (an evaluation of models trained since) adds to its time: the report's
+        # stage times are the work the folder holds.
+        timings[name] = round(earlier + time.perf_counter() - started, 1)
         (out / "timings.json").write_text(json.dumps(timings, indent=2))
         log(f"[{name}] {json.dumps(info, default=str)[:300]} ({timings[name]} s)")
         return _mark(out, name, info)
@@ -190,7 +193,8 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     timed("replay", lambda: replay(store, replayer(), student_name=replayer_name, task=task, samples=settings.samples,
                                    temperature=settings.temperature, limit=settings.replay_contexts,
                                    data_dir=data_dir, progress=progress()))
-    exported = timed("export", export_stage)
+    # An export that made no pairs because of an error is tried again (after a fix, or more replay).
+    exported = timed("export", export_stage, redo_if=lambda info: "pairs_error" in info)
 
     # 4. Train each preference method on the pairs (SFT, the baseline, on the teacher's chains).
     for method in methods:
@@ -241,8 +245,9 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                           model_kwargs=student_kwargs)
         return {"models": {k: v["accuracy"] for k, v in report["models"].items()}, "mcnemar": report["mcnemar"]}
 
-    # A later run with --constrain on a finished folder evaluates only the new, constrained models.
-    timed("eval" if not settings.constrain else f"eval+{settings.constrain}", eval_stage)
+    # Done again when the set of models changed (methods trained since, --constrain on a finished
+    # folder); evaluate() reuses every model's cached results, so only the new ones run.
+    timed("eval", eval_stage, redo_if=lambda info: set(info.get("models", {})) != set(models))
     report = json.loads((out / "eval" / "results.json").read_text())
     notes = [f"Teacher: `{teacher}`" + (" — the task's gold chains replayed (it reads the gold answer, so it "
                                         "is the upper bound, 100% by construction, and is not evaluated)."

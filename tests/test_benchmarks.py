@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_generation_benchmark_runs_every_path(smol_dir):
     from benchmarks import generation
 
-    result = generation.run(prompts=2, k=2, max_new=4)
+    result = generation.run(prompts=2, k=2, max_new=4, with_llama_cpp=False)
     for name in ("fcagent_batched", "fcagent_sequential", "raw_generate", "fcagent_concurrent"):
         assert result[name]["completions"] == 4, name
         assert result[name]["tokens"] > 0, name

@@ -75,12 +75,15 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
     assert sum("done before, skipped" in line for line in logs) == 7  # nothing was redone
     (tmp_path / "eval.done.json").unlink()
+    # an export that failed to make pairs is not "done": the next run exports again
+    (tmp_path / "export.done.json").write_text(json.dumps({"sft_rows": 1, "pairs": 0, "pairs_error": "simulated"}))
     logs.clear()
     distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
-    assert sum("done before, skipped" in line for line in logs) == 6
+    assert sum("done before, skipped" in line for line in logs) == 5
     assert any(line.startswith("[eval]") and "skipped" not in line for line in logs)
-    # a second round: the trained student replays, its failures join the pairs, dpo trains again
-    (tmp_path / "eval.done.json").unlink()
+    assert json.loads((tmp_path / "export.done.json").read_text())["pairs"] > 0
+    # a second round: the trained student replays, its failures join the pairs, dpo trains again (and
+    # the evaluation, done before, runs again for the new model)
     report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, rounds=2, log=logs.append)
     assert "dpo-r2" in report["models"]
     for stage in ("replay-r2", "export-r2", "train-dpo-r2"):
@@ -93,4 +96,4 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     assert {"base+llguidance", "sft+llguidance", "dpo+llguidance", "dpo-r2+llguidance"} <= set(report["models"])
     assert report["models"]["sft+llguidance"]["spec"].endswith("runs/sft?constrain=llguidance")
     assert all((tmp_path / "eval" / "results" / name).stat().st_mtime_ns == mtime for name, mtime in before.items())
-    assert (tmp_path / "eval+llguidance.done.json").exists()
+    assert set(json.loads((tmp_path / "eval.done.json").read_text())["models"]) == set(report["models"])
