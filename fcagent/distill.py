@@ -182,19 +182,25 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
 
     runs: dict[str, Path] = {}
     replayer_name, replayer = student, student_chat
+    needs_pairs = any(m != "sft" for m in methods)
+    exported: dict[str, Any] = {}
     if settings.replay_student == "sft" and "sft" in methods:
         # 2. SFT needs no pairs, so it trains first, and its student samples the negatives.
-        timed("export-sft", lambda: export_stage("data-sft", pairs=False))
+        exported = timed("export-sft", lambda: export_stage("data-sft", pairs=False))
         timed("train-sft", lambda: train_stage("sft", "data-sft", out / "runs" / "sft"))
         runs["sft"] = out / "runs" / "sft"
         replayer_name = str(out / "runs" / "sft")
         replayer = lambda: load_chat_model(replayer_name, **student_kwargs)  # noqa: E731
-    # 3. The student's own candidates on the teacher's good contexts: the negatives; then the pairs.
-    timed("replay", lambda: replay(store, replayer(), student_name=replayer_name, task=task, samples=settings.samples,
-                                   temperature=settings.temperature, limit=settings.replay_contexts,
-                                   data_dir=data_dir, progress=progress()))
-    # An export that made no pairs because of an error is tried again (after a fix, or more replay).
-    exported = timed("export", export_stage, redo_if=lambda info: "pairs_error" in info)
+    if needs_pairs:
+        # 3. The student's own candidates on the teacher's good contexts: the negatives; then the pairs.
+        # (An SFT-only run skips both: sampling every train context is the costliest stage after training.)
+        timed("replay", lambda: replay(store, replayer(), student_name=replayer_name, task=task,
+                                       samples=settings.samples, temperature=settings.temperature,
+                                       limit=settings.replay_contexts, data_dir=data_dir, progress=progress()))
+    if needs_pairs or "sft" not in runs:
+        # An export that made no pairs because of an error is tried again (after a fix, or more replay).
+        exported = timed("export", lambda: export_stage(pairs=needs_pairs),
+                         redo_if=lambda info: "pairs_error" in info)
 
     # 4. Train each preference method on the pairs (SFT, the baseline, on the teacher's chains).
     for method in methods:
@@ -253,8 +259,8 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                                         "is the upper bound, 100% by construction, and is not evaluated)."
                                         if teacher_is_reference else "."),
              f"Student: `{student}`. Preset: `{settings.name}` ({settings.model_dump_json(exclude={'name'})}). "
-             f"Negatives sampled by: `{replayer_name}`. "
-             f"Data: {exported.get('sft_rows', 0)} SFT rows, {exported.get('pairs', 0)} preference pairs "
+             + (f"Negatives sampled by: `{replayer_name}`. " if needs_pairs else "No preference method: no replay. ")
+             + f"Data: {exported.get('sft_rows', 0)} SFT rows, {exported.get('pairs', 0)} preference pairs "
              f"{json.dumps(exported.get('pairs_by_source', {}))}.",
              "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
     curve = _learning_curve(report, [int(p.name) for p in epochs], out / "learning_curve.png")

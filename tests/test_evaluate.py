@@ -97,3 +97,21 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     assert report["models"]["sft+llguidance"]["spec"].endswith("runs/sft?constrain=llguidance")
     assert all((tmp_path / "eval" / "results" / name).stat().st_mtime_ns == mtime for name, mtime in before.items())
     assert set(json.loads((tmp_path / "eval.done.json").read_text())["models"]) == set(report["models"])
+
+
+def test_distill_with_only_sft_skips_the_replay_and_the_pair_export(tmp_path, tiny_model_dir):
+    # Replaying every train context is the costliest stage after training; SFT needs no negatives.
+    from fcagent.distill import DistillPreset, distill
+    from fcagent.train import TrainSettings
+
+    preset = DistillPreset(train_problems=3, test_problems=2, samples=2, replay_contexts=3, methods=["sft"],
+                           sft=TrainSettings(method="sft", max_steps=1, per_device_train_batch_size=2),
+                           preference=TrainSettings(method="dpo", max_steps=1))
+    logs: list[str] = []
+    report = distill(task="math", student=str(tiny_model_dir), out=tmp_path, preset=preset, log=logs.append)
+    assert set(report["models"]) == {"base", "sft"}
+    assert [line.split("]")[0][1:] for line in logs] == ["harvest", "export-sft", "train-sft", "eval"]
+    assert not (tmp_path / "replay.done.json").exists() and not (tmp_path / "data" / "pairs.jsonl").exists()
+    text = (tmp_path / "report.md").read_text()
+    assert "No preference method: no replay." in text and "SFT rows, 0 preference pairs" in text
+    assert "Data: 0 SFT rows" not in text
