@@ -198,9 +198,10 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
                                        samples=settings.samples, temperature=settings.temperature,
                                        limit=settings.replay_contexts, data_dir=data_dir, progress=progress()))
     if needs_pairs or "sft" not in runs:
-        # An export that made no pairs because of an error is tried again (after a fix, or more replay).
+        # An export that made no pairs because of an error is tried again (after a fix, or more replay),
+        # and so is one an SFT-only run made without pairs, once a method needs them.
         exported = timed("export", lambda: export_stage(pairs=needs_pairs),
-                         redo_if=lambda info: "pairs_error" in info)
+                         redo_if=lambda info: "pairs_error" in info or (needs_pairs and "pairs" not in info))
 
     # 4. Train each preference method on the pairs (SFT, the baseline, on the teacher's chains).
     for method in methods:

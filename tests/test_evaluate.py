@@ -115,3 +115,12 @@ def test_distill_with_only_sft_skips_the_replay_and_the_pair_export(tmp_path, ti
     text = (tmp_path / "report.md").read_text()
     assert "No preference method: no replay." in text and "SFT rows, 0 preference pairs" in text
     assert "Data: 0 SFT rows" not in text
+    # With the untrained student replaying, SFT trains on the pair export's folder, made without pairs;
+    # a later run that asks for a preference method replays and exports again, with pairs.
+    base_replay = preset.model_copy(update={"replay_student": "base"})
+    other = tmp_path / "base-replay"
+    distill(task="math", student=str(tiny_model_dir), out=other, preset=base_replay, log=logs.append)
+    assert "pairs" not in json.loads((other / "export.done.json").read_text())
+    report = distill(task="math", student=str(tiny_model_dir), out=other, log=logs.append,
+                     preset=base_replay.model_copy(update={"methods": ["sft", "dpo"]}))
+    assert json.loads((other / "export.done.json").read_text())["pairs"] > 0 and "dpo" in report["models"]
