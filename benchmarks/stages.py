@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _shown(folder: Path) -> str:
+    """The run folder as committed results may hold it: relative to the working directory, or its name
+    alone (a temporary folder), never an absolute path."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return folder.name
+
+
 def run(task: str = "bfcl:simple_python", out: str | Path | None = None, compare_trl: bool = False) -> dict[str, Any]:
     from fcagent.distill import distill
 
@@ -30,7 +39,7 @@ def run(task: str = "bfcl:simple_python", out: str | Path | None = None, compare
                               "under_10_minutes": total < 600,
                               "stages": json.loads((folder / "timings.json").read_text()),
                               "accuracy": {k: v["accuracy"] for k, v in report["models"].items()},
-                              "n_problems": report["n_problems"], "folder": str(folder)}
+                              "n_problems": report["n_problems"], "folder": _shown(folder)}
     if compare_trl:
         from benchmarks import dpo_throughput
 
