@@ -149,3 +149,20 @@ def test_exported_pairs_from_a_bundled_model_harvest_train_with_dpo(tmp_path, da
     result = train(tmp_path / "pairs", str(tiny_model_dir), tmp_path / "run",
                    settings=TrainSettings(max_steps=2, batch_size=2, bf16=False))
     assert result.steps == 2 and result.final_metrics.get("loss") is not None
+
+
+def test_sft_keeps_a_loadable_snapshot_after_every_epoch(pairs_dir, tiny_model_dir, tmp_path):
+    # distill evaluates these as sft@N for the learning curve; the last epoch is the run itself.
+    settings = TrainSettings(method="sft", num_train_epochs=2, batch_size=2, learning_rate=5e-3, bf16=False,
+                             save_epochs=True)
+    train(pairs_dir, str(tiny_model_dir), tmp_path / "run", settings=settings)
+    final = json.loads((tmp_path / "run" / "fcagent_run.json").read_text())
+    snapshots = {n: json.loads((tmp_path / "run" / "epochs" / n / "fcagent_run.json").read_text()) for n in ("1", "2")}
+    assert [s["epoch"] for s in snapshots.values()] == [1, 2]
+    assert {s["prompt_style"] for s in snapshots.values()} == {final["prompt_style"]}
+    # the last snapshot holds the final weights, the first other ones; both load as run folders
+    assert snapshots["2"]["adapter_sha256"]["adapter"] == final["adapter_sha256"]["adapter"]
+    assert snapshots["1"]["adapter_sha256"]["adapter"] != final["adapter_sha256"]["adapter"]
+    rows = [json.loads(x) for x in (pairs_dir / "pairs.jsonl").read_text().splitlines()]
+    first, last = (load_chat_model(str(tmp_path / "run" / "epochs" / n)) for n in ("1", "2"))
+    assert chosen_logps(first, rows) != chosen_logps(last, rows)
