@@ -40,7 +40,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from fcagent.errors import UserError
 from fcagent.export import ExportError, load_pairs
-from fcagent.models import RUN_MANIFEST, file_digest
+from fcagent.models import RUN_MANIFEST, RunManifest, file_digest
 
 __all__ = ["LoraSettings", "TrainSettings", "TrainResult", "train", "train_dpo", "train_sft", "RUN_MANIFEST",
            "adapter_digest", "METHODS", "PREFERENCE_METHODS", "WARM_STARTED", "Method"]
@@ -222,9 +222,9 @@ class _EpochSnapshots:
                 epoch = max(1, round(state.epoch or 0))
                 folder = out / "epochs" / str(epoch)
                 model.save_pretrained(folder / "adapter")
-                (folder / RUN_MANIFEST).write_text(json.dumps({
-                    **manifest, "epoch": epoch, "adapters": ["adapter"],
-                    "adapter_sha256": {"adapter": adapter_digest(folder / "adapter")}}, indent=2))
+                record = RunManifest(**manifest, epoch=epoch, adapters=["adapter"],
+                                     adapter_sha256={"adapter": adapter_digest(folder / "adapter")})
+                (folder / RUN_MANIFEST).write_text(record.model_dump_json(indent=2, exclude_none=True))
 
         return Snapshots()
 
