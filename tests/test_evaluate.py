@@ -124,3 +124,13 @@ def test_distill_with_only_sft_skips_the_replay_and_the_pair_export(tmp_path, ti
     report = distill(task="math", student=str(tiny_model_dir), out=other, log=logs.append,
                      preset=base_replay.model_copy(update={"methods": ["sft", "dpo"]}))
     assert json.loads((other / "export.done.json").read_text())["pairs"] > 0 and "dpo" in report["models"]
+
+
+def test_learning_curve_reads_base_each_epoch_snapshot_and_the_final_sft(tmp_path):
+    from fcagent.distill import _learning_curve
+
+    report = {"task": "math", "models": {"base": {"accuracy": 0.1}, "sft@1": {"accuracy": 0.4},
+                                         "sft@2": {"accuracy": 0.6}, "sft": {"accuracy": 0.5}}}
+    assert _learning_curve(report, [1, 2, 3], tmp_path / "curve.png") == [(0, 0.1), (1, 0.4), (2, 0.6), (3, 0.5)]
+    assert (tmp_path / "curve.png").stat().st_size > 5000
+    assert _learning_curve(report, [], tmp_path / "none.png") == [] and not (tmp_path / "none.png").exists()
