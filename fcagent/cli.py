@@ -64,6 +64,7 @@ class MethodChoice(str, Enum):
     rpo = "rpo"
     sft_dpo = "sft-dpo"
     sft_rpo = "sft-rpo"
+    sft_chosen = "sft-chosen"
 
 
 class PresetChoice(str, Enum):
@@ -537,6 +538,7 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             replay_contexts: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's replayed teacher contexts.")] = None,
             replay_student: Annotated[Optional[ReplayStudent], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
             constrain: Annotated[Optional[Backend], typer.Option(help="Also evaluate every student with grammar-constrained decoding.")] = None,
+            seed: Annotated[Optional[int], typer.Option(min=0, help="Training seed of every method (LoRA init, batch order); one run folder per seed.")] = None,
             data_dir: DataOpt = None) -> None:
     """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
     from fcagent.distill import PRESETS
@@ -549,10 +551,13 @@ def distill(task: TaskOpt = "bfcl:simple_python",
         "test_problems": test_problems, "train_problems": train_problems, "replay_contexts": replay_contexts,
         "replay_student": replay_student, "constrain": constrain}.items() if v is not None}
     chosen: Any = preset.value
-    if overrides:
+    if overrides or seed is not None:
         from fcagent.distill import DistillPreset
 
-        chosen = DistillPreset.model_validate({**PRESETS[preset.value].model_dump(), **overrides, "name": preset.value})
+        plan = {**PRESETS[preset.value].model_dump(), **overrides, "name": preset.value}
+        if seed is not None:
+            plan["sft"]["seed"] = plan["preference"]["seed"] = seed
+        chosen = DistillPreset.model_validate(plan)
     report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=chosen, methods=methods,
                          rounds=rounds, data_dir=_data_dir(data_dir), progress_factory=_progress, log=console.print)
     _print_report(report)

@@ -68,9 +68,10 @@ PRESETS: dict[str, DistillPreset] = {
                            sft=TrainSettings(method="sft", max_steps=16, per_device_train_batch_size=2),
                            preference=TrainSettings(method="dpo", max_steps=8, per_device_train_batch_size=2)),
     # What produces the README's tables: SFT for 3 epochs, the preference methods one epoch over all
-    # their pairs (4 pairs a step: 2 per pass, 2 passes).
+    # their pairs (4 pairs a step: 2 per pass, 2 passes), and `sft-chosen`, their matched-compute
+    # control (the same warm start, rows and steps, the SFT loss on the chosen side).
     "full": DistillPreset(name="full", train_problems=400, test_problems=100, samples=4, replay_contexts=None,
-                          methods=["sft", "sft-dpo", "sft-rpo"],
+                          methods=["sft", "sft-chosen", "sft-dpo", "sft-rpo"],
                           sft=TrainSettings(method="sft", num_train_epochs=3, per_device_train_batch_size=4,
                                             save_epochs=True),
                           preference=TrainSettings(method="dpo", num_train_epochs=1, per_device_train_batch_size=2,

@@ -2,7 +2,10 @@
 
 Methods (`METHODS`): `sft` (the baseline: the good replies only), `dpo` (preference pairs), `rpo` (DPO
 plus an NLL term on the chosen side: TRL's `loss_type=["sigmoid", "sft"]`), `sft-dpo` / `sft-rpo` (an
-SFT warm start, merged, then the preference method from there). One entry point, `train()`.
+SFT warm start, merged, then the preference method from there), and `sft-chosen`, the matched-compute
+control for those two: the same warm start, then SFT on the pairs' chosen side, one row per pair, with
+the preference settings (so the same rows, batches and optimizer steps; only the loss differs). One
+entry point, `train()`.
 
 What makes a step cheap here, each lever a setting so `benchmarks/training.py` can compare it with
 TRL's own path on the same rows:
@@ -43,12 +46,14 @@ from fcagent.export import ExportError, load_pairs
 from fcagent.models import RUN_MANIFEST, RunManifest, file_digest
 
 __all__ = ["LoraSettings", "TrainSettings", "TrainResult", "train", "train_dpo", "train_sft", "RUN_MANIFEST",
-           "adapter_digest", "METHODS", "PREFERENCE_METHODS", "WARM_STARTED", "Method"]
+           "adapter_digest", "METHODS", "PREFERENCE_METHODS", "PAIR_METHODS", "WARM_STARTED", "Method"]
 
-Method = Literal["sft", "dpo", "rpo", "sft-dpo", "sft-rpo"]
+Method = Literal["sft", "dpo", "rpo", "sft-dpo", "sft-rpo", "sft-chosen"]
 METHODS: tuple[str, ...] = get_args(Method)
-PREFERENCE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "sft")
-WARM_STARTED: tuple[str, ...] = ("sft-dpo", "sft-rpo")
+PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "rpo", "sft-dpo", "sft-rpo")
+# Methods that read preference pairs (sft-chosen reads their chosen side only).
+PAIR_METHODS: tuple[str, ...] = (*PREFERENCE_METHODS, "sft-chosen")
+WARM_STARTED: tuple[str, ...] = ("sft-dpo", "sft-rpo", "sft-chosen")
 
 
 class LoraSettings(BaseModel):
@@ -86,7 +91,8 @@ class TrainSettings(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Off: faster here and memory is not the limit.")
     precompute_ref_log_probs: bool | None = Field(None, description="None: on when training runs more than one epoch.")
     seed: int = 0
-    warm_start: str | None = Field(None, description="sft-dpo/sft-rpo: an SFT run folder to start from instead of training one.")
+    warm_start: str | None = Field(None, description="sft-dpo/sft-rpo/sft-chosen: an SFT run folder to start from "
+                                   "instead of training one.")
     sft_epochs: float = Field(3.0, gt=0, description="Epochs of the SFT warm start when no `warm_start` is given.")
     trl_defaults: bool = Field(False, description="TRL's own defaults and path (no fcagent lever), for comparison.")
     # fcagent's levers
@@ -290,11 +296,13 @@ def _plot(metrics: list[dict[str, Any]], out: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _sft_rows_from_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _sft_rows_from_pairs(rows: list[dict[str, Any]], *, dedupe: bool = True) -> list[dict[str, Any]]:
+    """The pairs' chosen side as SFT rows: each (prompt, chosen) once for a warm start; one row per pair
+    for `sft-chosen`, which must see exactly what the preference method sees."""
     seen, out = set(), []
     for r in rows:
         key = json.dumps([r["prompt"], r["chosen"]], sort_keys=True)
-        if key not in seen:
+        if not dedupe or key not in seen:
             seen.add(key)
             out.append({"messages": [*r["prompt"], *r["chosen"]], "tools": r.get("tools", "[]")})
     return out
@@ -401,7 +409,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     torch.manual_seed(settings.seed)
-    kind = "sft" if settings.method == "sft" else "dpo"
+    kind = "dpo" if settings.method in PAIR_METHODS else "sft"
     prompt_style = settings.prompt_style or _export_prompt_style(pairs, kind)
     dtype = _base_dtype(settings)
     chat = _load_student(student, dtype)
@@ -439,10 +447,15 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
         model = model.merge_and_unload()
         metrics += [{**r, "phase": "sft"} for r in m]
         steps += s
-    method_kind = {"dpo": "dpo", "rpo": "rpo", "sft": "sft", "sft-dpo": "dpo", "sft-rpo": "rpo"}[settings.method]
+    method_kind = {"dpo": "dpo", "rpo": "rpo", "sft": "sft", "sft-dpo": "dpo", "sft-rpo": "rpo",
+                   "sft-chosen": "sft"}[settings.method]
     snapshot = {"base_model": student, "method": settings.method, "prompt_style": prompt_style} \
         if settings.save_epochs and settings.method == "sft" else None
-    model, m, s = _fit(method_kind, model, tokenizer, rows, settings, lora, out, settings.method, snapshot)
+    fit_rows = rows
+    if settings.method == "sft-chosen":
+        fit_rows = _sft_rows_from_pairs(rows, dedupe=False)
+        row_tokens = _length_report(fit_rows, tokenizer, settings.max_length, "sft")[2]  # tokens it trains on
+    model, m, s = _fit(method_kind, model, tokenizer, fit_rows, settings, lora, out, settings.method, snapshot)
     metrics += m
     steps += s
     seconds = time.perf_counter() - started

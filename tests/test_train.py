@@ -77,6 +77,30 @@ def test_rpo_and_sft_dpo_methods_run(pairs_dir, tiny_model_dir, tmp_path):
         assert load_chat_model(str(tmp_path / method)).model_name == str(tmp_path / method)
 
 
+def test_sft_chosen_is_sft_dpo_s_matched_compute_control(pairs_dir, tiny_model_dir, tmp_path):
+    """sft-chosen sees what sft-dpo sees (a row per pair, the chosen side repeated as often as it is
+    paired, the same batches and steps, from the same warm start); only the loss differs."""
+    rows = [json.loads(x) for x in (pairs_dir / "pairs.jsonl").read_text().splitlines()]
+    rows.append({**rows[0], "rejected": [{"role": "assistant", "content": "Five."}]})  # chosen paired twice
+    (pairs_dir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft = train(pairs_dir, str(tiny_model_dir), tmp_path / "sft",
+                settings=TrainSettings(method="sft", max_steps=1, batch_size=2, bf16=False))
+    assert sft.rows == 4  # the SFT baseline reads each chosen once
+    runs = {}
+    for method in ("sft-dpo", "sft-chosen"):
+        settings = TrainSettings(method=method, num_train_epochs=1, batch_size=2, grad_accum=1, bf16=False,
+                                 learning_rate=5e-3, warm_start=str(tmp_path / "sft"))
+        runs[method] = train(pairs_dir, str(tiny_model_dir), tmp_path / method, settings=settings)
+    assert runs["sft-dpo"].rows == runs["sft-chosen"].rows == 5
+    assert runs["sft-dpo"].steps == runs["sft-chosen"].steps == 3
+    manifest = json.loads((tmp_path / "sft-chosen" / "fcagent_run.json").read_text())
+    assert manifest["method"] == "sft-chosen" and manifest["adapters"] == ["sft_adapter", "adapter"]
+    warm = load_chat_model(str(tmp_path / "sft"))
+    before = chosen_logps(warm, rows[:4])
+    after = chosen_logps(load_chat_model(str(tmp_path / "sft-chosen")), rows[:4])
+    assert sum(after) > sum(before) + 0.5  # it is SFT on the chosen side: their likelihood rises
+
+
 def test_bad_inputs_are_clear_errors(pairs_dir, tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         train(pairs_dir, "./no/such/model", tmp_path / "r")
