@@ -4,6 +4,7 @@ from fcagent.calls import Call, CallParseError, format_calls, parse_calls
 from fcagent.constrained import Constrainer, call_schema
 from fcagent.errors import RunFailure, UserError
 from fcagent.graph import AgentState, build_agent_graph
+from fcagent.compare import compare_seeds
 from fcagent.distill import distill
 from fcagent.evaluate import evaluate
 from fcagent.export import export_preference_pairs, export_sft
@@ -42,6 +43,7 @@ __all__ = [
     "TrainSettings",
     "build_agent_graph",
     "call_schema",
+    "compare_seeds",
     "distill",
     "evaluate",
     "export_preference_pairs",

@@ -564,6 +564,30 @@ def distill(task: TaskOpt = "bfcl:simple_python",
     console.print(f"report: {out / 'report.md'}  plots: {out / 'evaluation.png'}")
 
 
+@app.command("compare")
+def compare_cmd(runs: Annotated[list[Path], typer.Argument(help="Distill folders, one per seed (`fcagent distill --seed N`).")],
+                method: Annotated[list[MethodChoice], typer.Option("--method", help="Methods compared with the baseline; repeat.")],
+                baseline: Annotated[MethodChoice, typer.Option(help="The method each one is compared with.")] = MethodChoice.sft,
+                out: Annotated[Path, typer.Option("--out", help="Report folder (comparison.md/.json/.png).")] = Path("comparison")) -> None:
+    """Methods vs a baseline over seeds: per-seed and pooled McNemar tests, the spread across seeds."""
+    from fcagent.compare import compare_seeds, write_comparison
+
+    for run in runs:
+        if out.resolve() == run.resolve():
+            raise UserError(f"`--out` {out} is one of the run folders; choose another folder")
+    comparison = compare_seeds(runs, baseline=baseline.value, methods=[m.value for m in method])
+    table = Table("seed", *[baseline.value, *(m.value for m in method)], title=f"{comparison.task} · {len(runs)} seeds")
+    for r in comparison.runs:
+        table.add_row(str(r.seed), *[f"{r.correct[m]}/{r.n}" for m in [baseline.value, *(m.value for m in method)]])
+    console.print(table)
+    for c in comparison.comparisons:
+        console.print(f"{c.method} vs {c.baseline}: mean difference {c.mean_difference:+.1%}, wins/losses/ties "
+                      f"{c.wins}/{c.losses}/{c.ties}; pooled McNemar {c.pooled.only_baseline} vs {c.pooled.only_method} "
+                      f"discordant of {c.pooled_pairs}, p = {c.pooled.p_value:.3g}")
+    paths = write_comparison(comparison, out)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
 @app.command("serve")
 def serve_cmd(model: Annotated[str, typer.Argument(help="The student: a run folder, bundled:NAME, any local model spec with ?settings.")],
               host: Annotated[str, typer.Option(help="Interface to listen on; anything but loopback needs an API key.")] = "127.0.0.1",
