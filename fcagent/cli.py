@@ -539,6 +539,8 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             replay_student: Annotated[Optional[ReplayStudent], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
             constrain: Annotated[Optional[Backend], typer.Option(help="Also evaluate every student with grammar-constrained decoding.")] = None,
             seed: Annotated[Optional[int], typer.Option(min=0, help="Training seed of every method (LoRA init, batch order); one run folder per seed.")] = None,
+            sft_epochs: Annotated[Optional[float], typer.Option(min=0.01, max=1000, help="Override the preset's SFT epochs.")] = None,
+            last_turn_weight: Annotated[Optional[float], typer.Option(min=1.0, max=1000.0, help="SFT: loss weight of each chain's final call (TrainSettings.last_turn_weight).")] = None,
             data_dir: DataOpt = None) -> None:
     """Harvest → label → export → train (DPO and the SFT baseline) → evaluate → report."""
     from fcagent.distill import PRESETS
@@ -550,14 +552,8 @@ def distill(task: TaskOpt = "bfcl:simple_python",
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in {
         "test_problems": test_problems, "train_problems": train_problems, "replay_contexts": replay_contexts,
         "replay_student": replay_student, "constrain": constrain}.items() if v is not None}
-    chosen: Any = preset.value
-    if overrides or seed is not None:
-        from fcagent.distill import DistillPreset
-
-        plan = {**PRESETS[preset.value].model_dump(), **overrides, "name": preset.value}
-        if seed is not None:
-            plan["sft"]["seed"] = plan["preference"]["seed"] = seed
-        chosen = DistillPreset.model_validate(plan)
+    chosen = PRESETS[preset.value].overridden(overrides, seed=seed, sft_epochs=sft_epochs,
+                                              last_turn_weight=last_turn_weight)
     report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=chosen, methods=methods,
                          rounds=rounds, data_dir=_data_dir(data_dir), progress_factory=_progress, log=console.print)
     _print_report(report)

@@ -60,6 +60,20 @@ class DistillPreset(BaseModel):
     response_prefix: str = Field('{"name": "', description="Decoding constraint for the local student: the reply "
                                  "starts as a JSON call (not for BFCL irrelevance, where no call is right).")
 
+    def overridden(self, fields: dict[str, Any] | None = None, *, seed: int | None = None,
+                   sft_epochs: float | None = None, last_turn_weight: float | None = None) -> "DistillPreset":
+        """This plan with some fields replaced (checked again): `seed` for every method's training,
+        `sft_epochs` for the SFT baseline and the warm start, `last_turn_weight` for SFT."""
+        plan = self.model_dump()
+        plan.update(fields or {})
+        if seed is not None:
+            plan["sft"]["seed"] = plan["preference"]["seed"] = seed
+        if sft_epochs is not None:
+            plan["sft"]["num_train_epochs"] = plan["sft"]["sft_epochs"] = plan["preference"]["sft_epochs"] = sft_epochs
+        if last_turn_weight is not None:
+            plan["sft"]["last_turn_weight"] = last_turn_weight
+        return DistillPreset.model_validate(plan)
+
 
 PRESETS: dict[str, DistillPreset] = {
     # Under 10 minutes on a 2-core CPU (measured by benchmarks/stages.py): a small slice of everything.

@@ -102,6 +102,10 @@ class TrainSettings(BaseModel):
     group_by_length: bool = Field(True, description="Batch rows of similar length (less padding).")
     prefix_sharing: bool = Field(True, description="DPO: each pair's prompt runs once (fcagent.trainers).")
     compact_head: bool = Field(True, description="The LM head only at the scored positions (fcagent.trainers).")
+    last_turn_weight: float = Field(
+        1.0, ge=1.0, le=1000.0, description="SFT: the loss weight of each row's last assistant turn (a whole "
+        "chain's final call; needs `compact_head`). Where one token decides the answer after many routine ones "
+        "(ProntoQA: True/False after ~140 tokens of lookups), that token gets 1/140 of a row's loss at weight 1.")
     save_epochs: bool = Field(False, description="SFT: keep the adapter after every epoch as a run folder of its own "
                               "(`epochs/N`), so held-out accuracy can be plotted against epochs.")
     prompt_style: Literal["examples", "compact"] | None = Field(
@@ -384,9 +388,11 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
         if template is not None:
             tokenizer.chat_template = template  # renders what inference renders, assistant turns marked
         if kind in ("sft", "sft-warm"):
-            trainer_class = CompactHeadSFTTrainer if settings.compact_head and not settings.trl_defaults else SFTTrainer
+            compact = settings.compact_head and not settings.trl_defaults
+            weighting = {"last_turn_weight": settings.last_turn_weight} if compact and kind == "sft" else {}
+            trainer_class = CompactHeadSFTTrainer if compact else SFTTrainer
             trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                                    peft_config=peft_config, callbacks=callbacks)
+                                    peft_config=peft_config, callbacks=callbacks, **weighting)
         else:
             trainer_class = PrefixSharingDPOTrainer if settings.prefix_sharing and not settings.trl_defaults else DPOTrainer
             trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer,
@@ -404,6 +410,8 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     import torch
 
     settings = settings or TrainSettings()
+    if settings.last_turn_weight != 1.0 and (not settings.compact_head or settings.trl_defaults):
+        raise UserError("`last_turn_weight` needs the compact head (`compact_head` on, `trl_defaults` off)")
     lora = lora or LoraSettings()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,25 @@ def _shared_forward(model: Any, input_ids: Any, labels: Any, layout: PairLayout,
     return _scored(model, hidden, src_row, src_pos, torch.tensor(dst_row), torch.tensor(dst_pos), labels, shape, outputs)
 
 
-def _compact_forward(model: Any, labels: Any, outputs: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
+def last_turn_mask(labels: Any) -> Any:
+    """Per row, the scored positions (shifted as TRL scores them) of the last contiguous labelled span:
+    in a whole-chain SFT row, the final assistant turn."""
+    import torch
+
+    scored = labels[:, 1:] != -100
+    mask = torch.zeros_like(scored)
+    for row in range(scored.shape[0]):
+        idx = torch.nonzero(scored[row]).flatten()
+        if len(idx) == 0:
+            continue
+        breaks = torch.nonzero(idx[1:] - idx[:-1] > 1).flatten()
+        start = int(idx[int(breaks[-1]) + 1]) if len(breaks) else int(idx[0])
+        mask[row, start:int(idx[-1]) + 1] = True
+    return mask
+
+
+def _compact_forward(model: Any, labels: Any, outputs: tuple[str, ...], kwargs: dict[str, Any],
+                     last_turn_weight: float = 1.0) -> Any:
     """The backbone as TRL runs it, the LM head only where a label is scored."""
     import torch
 
@@ -161,13 +179,20 @@ def _compact_forward(model: Any, labels: Any, outputs: tuple[str, ...], kwargs: 
     scored = torch.nonzero(labels[:, 1:] != -100)
     rows, cols = scored[:, 0], scored[:, 1]
     shape = (labels.shape[0], labels.shape[1] - 1)
-    return _scored(model, hidden, rows.tolist(), cols.tolist(), rows, cols, labels, shape, outputs)
+    out = _scored(model, hidden, rows.tolist(), cols.tolist(), rows, cols, labels, shape, outputs)
+    if last_turn_weight != 1.0:
+        # TRL's SFT loss is -sum(log_probs) / tokens: scaling a token's score weights its loss (and only
+        # the loss: accuracy and entropy are read from their own fields).
+        weights = 1.0 + (last_turn_weight - 1.0) * last_turn_mask(labels).to(out.log_probs.dtype)
+        out.log_probs = out.log_probs * weights
+        out.loss = -out.log_probs.sum() / out.label_mask.sum().clamp(min=1)
+    return out
 
 
-def _install(model: Any, outputs: tuple[str, ...], *, share_prefixes: bool) -> None:
+def _install(model: Any, outputs: tuple[str, ...], *, share_prefixes: bool, last_turn_weight: float = 1.0) -> None:
     fused = model.forward
     if getattr(fused, "_fcagent_forward", False):
-        return
+        fused = fused._fcagent_fused  # installed before (a second trainer on the same model): re-wrap TRL's
 
     def forward(self: Any, *args: Any, fused_lm_head: bool = False, labels: Any = None, **kwargs: Any) -> Any:
         attn = getattr(self.config, "_attn_implementation", "sdpa")
@@ -178,10 +203,14 @@ def _install(model: Any, outputs: tuple[str, ...], *, share_prefixes: bool) -> N
             layout = pair_layout(kwargs["input_ids"], labels) if share_prefixes else None
             if layout is not None:
                 return _shared_forward(self, kwargs["input_ids"], labels, layout, outputs)
-            return _compact_forward(self, labels, outputs, kwargs)
+            return _compact_forward(self, labels, outputs, kwargs, last_turn_weight)
+        if fused_lm_head and labels is not None and last_turn_weight != 1.0:
+            raise RuntimeError("last_turn_weight needs the compact head's forward (an sdpa or eager attention, "
+                               "input ids and labels); this batch would train unweighted")
         return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
 
     forward._fcagent_forward = True  # type: ignore[attr-defined]
+    forward._fcagent_fused = fused  # type: ignore[attr-defined]
     model.forward = types.MethodType(forward, model)
 
 
@@ -191,9 +220,11 @@ def install_prefix_sharing(model: Any, outputs: tuple[str, ...] = ("log_probs", 
     _install(model, outputs, share_prefixes=True)
 
 
-def install_compact_head(model: Any, outputs: tuple[str, ...] = ("log_probs", "entropy", "is_top1")) -> None:
-    """Wrap the fused forward TRL installed on `model`: the LM head only at the labelled positions."""
-    _install(model, outputs, share_prefixes=False)
+def install_compact_head(model: Any, outputs: tuple[str, ...] = ("log_probs", "entropy", "is_top1"), *,
+                         last_turn_weight: float = 1.0) -> None:
+    """Wrap the fused forward TRL installed on `model`: the LM head only at the labelled positions; each
+    row's last labelled span (a chain's final turn) weighted `last_turn_weight` in the loss."""
+    _install(model, outputs, share_prefixes=False, last_turn_weight=last_turn_weight)
 
 
 def _dpo_trainer_class() -> type:
@@ -219,10 +250,10 @@ def _sft_trainer_class() -> type:
     class CompactHeadSFTTrainer(SFTTrainer):
         """`SFTTrainer` whose LM head runs only at the trained positions (module docs)."""
 
-        def __init__(self, *args: Any, **kwargs: Any):
+        def __init__(self, *args: Any, last_turn_weight: float = 1.0, **kwargs: Any):
             super().__init__(*args, **kwargs)
             base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            install_compact_head(base)
+            install_compact_head(base, last_turn_weight=last_turn_weight)
 
     return CompactHeadSFTTrainer
 

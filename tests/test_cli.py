@@ -74,10 +74,24 @@ def test_distill_rejects_bad_overrides_before_any_work(tmp_path):
     for args, expected in ((["--preset", "huge"], "'huge' is not one of 'quick', 'full'"),
                            (["--replay-student", "nobody"], "--replay-student"),
                            (["--test-problems", "many"], "Invalid value"),
-                           (["--constrain", "outlines"], "constrain")):
+                           (["--constrain", "outlines"], "constrain"),
+                           (["--last-turn-weight", "0.5"], "--last-turn-weight"),
+                           (["--seed", "-1"], "--seed"),
+                           (["--method", "sft-chosen-twice"], "--method")):
         proc = subprocess.run([sys.executable, "-m", "fcagent", "distill", "--task", "math", "--out",
                                str(tmp_path / "run"), *args], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "COLUMNS": "200"})  # rich wraps error boxes to the width
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert expected in proc.stdout + proc.stderr
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_distill_overrides_reach_the_training_settings():
+    from fcagent.distill import PRESETS
+
+    plan = PRESETS["full"].overridden({"test_problems": 7}, seed=2, sft_epochs=2, last_turn_weight=8)
+    assert plan.test_problems == 7 and plan.name == "full"
+    assert plan.sft.seed == plan.preference.seed == 2
+    assert plan.sft.num_train_epochs == plan.preference.sft_epochs == 2 and plan.sft.last_turn_weight == 8
+    assert plan.preference.last_turn_weight == 1.0 and PRESETS["full"].sft.seed == 0  # the preset itself unchanged
+    assert "sft-chosen" in plan.methods  # the matched-compute control trains with every full run

@@ -101,6 +101,41 @@ def test_sft_chosen_is_sft_dpo_s_matched_compute_control(pairs_dir, tiny_model_d
     assert sum(after) > sum(before) + 0.5  # it is SFT on the chosen side: their likelihood rises
 
 
+def test_last_turn_weight_fits_the_final_call_faster(tiny_model_dir, tmp_path):
+    """Whole chains whose last call carries the answer: weighted, that call's likelihood rises more in
+    the same steps (and the weight is recorded in the run folder)."""
+    rows = []
+    for q, answer in (("Is 4 even?", "True"), ("Is 7 even?", "False"), ("Is 10 even?", "True"), ("Is 3 even?", "False")):
+        rows.append({"messages": [
+            {"role": "system", "content": "Call a function."}, {"role": "user", "content": q},
+            {"role": "assistant", "content": '{"name": "parity", "arguments": {"n": 1}}', "train": True},
+            {"role": "user", "content": "Observation: computed."},
+            {"role": "assistant", "content": '{"name": "final_answer", "arguments": {"answer": "%s"}}' % answer,
+             "train": True}],
+            "tools": "[]"})
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gains = {}
+    base = load_chat_model(str(tiny_model_dir))
+
+    def final_logp(chat):
+        return sum(logp(chat.hf_model, chat.tokenizer, r["messages"][:4], r["messages"][4]["content"]) for r in rows)
+
+    before = final_logp(base)
+    for weight in (1.0, 20.0):
+        settings = TrainSettings(method="sft", max_steps=3, learning_rate=2e-3, batch_size=2, bf16=False,
+                                 last_turn_weight=weight)
+        train(data, str(tiny_model_dir), tmp_path / f"w{weight}", settings=settings)
+        manifest = json.loads((tmp_path / f"w{weight}" / "fcagent_run.json").read_text())
+        assert manifest["settings"]["last_turn_weight"] == weight
+        gains[weight] = final_logp(load_chat_model(str(tmp_path / f"w{weight}"))) - before
+    assert gains[20.0] > gains[1.0] + 1.0, gains
+    with pytest.raises(UserError, match="last_turn_weight"):
+        train(data, str(tiny_model_dir), tmp_path / "x", settings=TrainSettings(
+            method="sft", max_steps=1, last_turn_weight=5.0, compact_head=False))
+
+
 def test_bad_inputs_are_clear_errors(pairs_dir, tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         train(pairs_dir, "./no/such/model", tmp_path / "r")

@@ -203,3 +203,33 @@ def test_the_graph_serves_a_model_its_own_prompt_style(tiny_model_dir):
         system = model.seen_messages[0][0]
         assert isinstance(system, SystemMessage) and ("Example 1:" in system.content) == example
     assert isinstance(HumanMessage("x"), HumanMessage) and AIMessage  # imports used
+
+
+def test_last_turn_weight_weights_only_each_rows_final_turn(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from fcagent.trainers import install_compact_head, last_turn_mask
+
+    labels = torch.full((3, 12), -100)
+    labels[0, 2:4] = labels[0, 6:9] = 7  # two turns: the second is the last
+    labels[1, 3:11] = 7  # one turn
+    # row 2: nothing labelled
+    mask = last_turn_mask(labels)  # TRL scores label t+1 at position t
+    assert mask[0].nonzero().flatten().tolist() == [5, 6, 7]
+    assert mask[1].nonzero().flatten().tolist() == list(range(2, 10)) and not mask[2].any()
+
+    trl_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ours = copy.deepcopy(trl_model)
+    outputs = ("log_probs", "entropy", "is_top1")
+    add_fused_lm_head(trl_model, outputs=outputs)
+    add_fused_lm_head(ours, outputs=outputs)
+    install_compact_head(ours, outputs, last_turn_weight=5.0)
+    ids = torch.randint(5, 2000, (3, 12))
+    labels = torch.where(labels == 7, ids, labels)
+    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "fused_lm_head": True}
+    a, b = trl_model(**kw), ours(**kw)
+    plain = -a.log_probs.sum()
+    extra = -(a.log_probs * mask).sum()
+    assert torch.allclose(b.loss, (plain + 4.0 * extra) / a.label_mask.sum(), atol=1e-5)
+    assert torch.equal(a.is_top1, b.is_top1) and torch.allclose(a.entropy, b.entropy, atol=1e-4)
