@@ -214,4 +214,3 @@ def _plot(comparison: SeedComparison, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-

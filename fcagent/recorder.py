@@ -41,11 +41,13 @@ _TOOL_PARAM_KEYS = ("tools", "functions")  # where providers' bind_tools put the
 _PARAM_REDACTOR = Redactor()
 
 
-@functools.lru_cache(maxsize=4096)
+_redact_cached = functools.lru_cache(maxsize=4096)(_PARAM_REDACTOR.redact)
+
+
 def _redact_param(value: str) -> str:
     """A parameter value, redacted. The same few values (a model name, a stop string, a base URL) come
     with every call: cached, the ~50 rules run once per distinct value, not on every model call."""
-    return _PARAM_REDACTOR.redact(value)
+    return _redact_cached(value) if len(value) <= 4096 else _PARAM_REDACTOR.redact(value)
 
 
 def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -57,12 +59,11 @@ def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
         if k in _TOOL_PARAM_KEYS or (_SECRET_PARAM.search(k) and not _KEEP_PARAM.match(k)):
             continue
         if isinstance(v, str):
-            out[k] = _redact_param(v) if len(v) <= 4096 else _PARAM_REDACTOR.redact(v)
+            out[k] = _redact_param(v)
         elif isinstance(v, int | float | bool) or v is None:
             out[k] = v
         elif isinstance(v, list | tuple) and all(isinstance(x, str | int | float) for x in v):
-            out[k] = [(_redact_param(x) if len(x) <= 4096 else _PARAM_REDACTOR.redact(x)) if isinstance(x, str) else x
-                      for x in v]
+            out[k] = [_redact_param(x) if isinstance(x, str) else x for x in v]
     return out
 
 

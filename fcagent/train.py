@@ -4,8 +4,8 @@ Methods (`METHODS`): `sft` (the baseline: the good replies only), `dpo` (prefere
 plus an NLL term on the chosen side: TRL's `loss_type=["sigmoid", "sft"]`), `sft-dpo` / `sft-rpo` (an
 SFT warm start, merged, then the preference method from there), and `sft-chosen`, the matched-compute
 control for those two: the same warm start, then SFT on the pairs' chosen side, one row per pair, with
-the preference settings (so the same rows, batches and optimizer steps; only the loss differs). One
-entry point, `train()`.
+the preference settings (the same rows, batches and optimizer steps; the loss differs, and so does the
+default learning rate, each method's own: 2e-4 for SFT, 1e-4 for DPO). One entry point, `train()`.
 
 What makes a step cheap here, each lever a setting so `benchmarks/training.py` can compare it with
 TRL's own path on the same rows:
