@@ -74,6 +74,7 @@ def _base(path: tuple[str, ...], tmp) -> list[str]:
         ("replay",): ["--student", "nope:zzz-model", "--store", store],
         ("eval",): ["--model", "reference", "--limit", "1", "--out", str(tmp["folder"] / "ev")],
         ("distill",): ["--out", str(tmp["folder"] / "d"), "--teacher", "nope:zzz-model"],
+        ("compare",): [str(tmp["folder"]), "--method", "sft-dpo", "--out", str(tmp["folder"] / "cmp")],
         ("traces", "ls"): ["--store", store],
         ("traces", "show"): ["--store", store],
         ("traces", "stats"): ["--store", store],
