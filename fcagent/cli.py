@@ -572,9 +572,10 @@ def compare_cmd(runs: Annotated[list[Path], typer.Argument(help="Distill folders
         if out.resolve() == run.resolve():
             raise UserError(f"`--out` {out} is one of the run folders; choose another folder")
     comparison = compare_seeds(runs, baseline=baseline.value, methods=[m.value for m in method])
-    table = Table("seed", *[baseline.value, *(m.value for m in method)], title=f"{comparison.task} · {len(runs)} seeds")
+    models = [comparison.baseline, *comparison.methods]
+    table = Table("seed", *models, title=f"{comparison.task} · {len(runs)} seeds")
     for r in comparison.runs:
-        table.add_row(str(r.seed), *[f"{r.correct[m]}/{r.n}" for m in [baseline.value, *(m.value for m in method)]])
+        table.add_row(str(r.seed), *[f"{r.correct[m]}/{r.n}" for m in models])
     console.print(table)
     for c in comparison.comparisons:
         console.print(f"{c.method} vs {c.baseline}: mean difference {c.mean_difference:+.1%}, wins/losses/ties "
