@@ -58,7 +58,8 @@ class DistillPreset(BaseModel):
         None, description="Also evaluate every student with grammar-constrained decoding (`NAME+BACKEND`): "
         "each reply one schema-valid call. The same weights with and without the grammar, on the same problems.")
     response_prefix: str = Field('{"name": "', description="Decoding constraint for the local student: the reply "
-                                 "starts as a JSON call (not for BFCL irrelevance, where no call is right).")
+                                 "starts as a JSON call (only where every good reply is one call: not BFCL irrelevance, where no call "
+                                 "is right, nor the parallel categories, whose replies are lists of calls).")
 
     def overridden(self, fields: dict[str, Any] | None = None, *, seed: int | None = None,
                    sft_epochs: float | None = None, last_turn_weight: float | None = None) -> "DistillPreset":
@@ -139,7 +140,7 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     timings: dict[str, float] = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
     progress = progress_factory or (lambda: None)
     student_kwargs: dict[str, Any] = {"max_new_tokens": t.max_new_tokens}
-    if settings.response_prefix and t.spec != "bfcl:irrelevance":
+    if settings.response_prefix and t.one_call_replies:
         student_kwargs["response_prefix"] = settings.response_prefix
     student_model = None
 
@@ -292,16 +293,25 @@ def _learning_curve(report: dict[str, Any], epochs: list[int], path: Path) -> li
     models = report["models"]
     if not epochs or "sft" not in models:
         return []
-    points = [(0, models["base"]["accuracy"])] if "base" in models else []
-    points += [(k, models[f"sft@{k}"]["accuracy"]) for k in epochs[:-1] if f"sft@{k}" in models]
-    points.append((epochs[-1], models["sft"]["accuracy"]))
+
+    def curve(accuracy: dict[str, Any]) -> list[tuple[int, float]]:
+        points = [(0, accuracy["base"]["accuracy"])] if "base" in accuracy else []
+        points += [(k, accuracy[f"sft@{k}"]["accuracy"]) for k in epochs[:-1] if f"sft@{k}" in accuracy]
+        return points + [(epochs[-1], accuracy["sft"]["accuracy"])]
+
+    points = curve(models)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="all")
+    for source, accuracy in (report.get("by_source") or {}).items():  # a joined task: a line per source too
+        mine = curve(accuracy)
+        ax.plot([p[0] for p in mine], [p[1] for p in mine], marker=".", linestyle="--", label=source)
+    if report.get("by_source"):
+        ax.legend(fontsize=7)
     ax.set_xlabel("SFT epochs")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)

@@ -180,8 +180,23 @@ def evaluate(models: dict[str, str], *, task: str, split: str = "test", limit: i
         tests[f"{a} vs {b}"] = mcnemar_exact([r.success for r in per_model[a]], [r.success for r in per_model[b]])
     report = {"task": t.spec, "split": split, "n_problems": len(problems), "problem_ids": ids,
               "models": {k: v.model_dump() for k, v in summaries.items()}, "mcnemar": tests}
+    sources = {p.id: p.source for p in problems}
+    if len(set(sources.values())) > 1:
+        report["by_source"] = _by_source(per_model, sources)
     write_report(report, out)
     return report
+
+
+def _by_source(per_model: dict[str, list[EpisodeResult]], sources: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{source: {model: {correct, n, accuracy}}}: a task that joins sources (BFCL categories) is read
+    per source too, each by its own rules."""
+    table: dict[str, dict[str, Any]] = {}
+    for source in dict.fromkeys(sources.values()):
+        for name, results in per_model.items():
+            mine = [r.success for r in results if sources[r.problem_id] == source]
+            table.setdefault(source, {})[name] = {"correct": sum(mine), "n": len(mine),
+                                                  "accuracy": sum(mine) / max(1, len(mine))}
+    return table
 
 
 def _relative_paths(text: str, folder: Path) -> str:
@@ -208,6 +223,13 @@ def write_report(report: dict[str, Any], out: Path, *, title: str | None = None,
                      f"({m['ci95'][0]:.1%}–{m['ci95'][1]:.1%}) | {m['valid_call_rate']:.1%} | {m['tool_error_rate']:.1%} | "
                      f"{m['mean_steps']:.2f} | {m['prompt_tokens_per_problem']:.0f} | "
                      f"{m['completion_tokens_per_problem']:.0f} | {m['wall_s_per_problem']:.2f} |")
+    if report.get("by_source"):
+        names = list(report["models"])
+        lines += ["", "Per source (each checked by its own rules):", "",
+                  "| source | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for source, row in report["by_source"].items():
+            lines.append(f"| {source} | " + " | ".join(f"{row[n]['correct']}/{row[n]['n']} ({row[n]['accuracy']:.0%})"
+                                                       for n in names) + " |")
     lines += ["", "McNemar exact test (paired, two-sided):", "", "| pair | only first right | only second right | p |",
               "|---|---|---|---|"]
     for pair, t in report["mcnemar"].items():

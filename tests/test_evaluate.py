@@ -43,6 +43,29 @@ def test_summary_and_report_files(tmp_path):
     assert (tmp_path / "evaluation.png").stat().st_size > 5000
 
 
+def test_a_joined_task_is_reported_per_source_too(tmp_path, data_dir):
+    from langchain_core.messages import AIMessage
+
+    from fcagent import get_task
+    from fcagent.evaluate import evaluate
+    from fcagent.testing import ScriptedChatModel
+
+    task = "bfcl:simple_python+parallel"
+    problems = get_task(task, data_dir=data_dir).load(split="test", limit=4)
+    # A model that answers every problem with its first gold call: right on simple_python, wrong on parallel.
+    first = {p.question: [AIMessage(content="", tool_calls=[{"name": c.name, "args": c.args, "id": None} for c in p.gold_chain[0][:1]])]
+             for p in problems}
+    scripted = ScriptedChatModel(responses=first)
+    report = evaluate({"first-call": "scripted"}, task=task, limit=4, out_dir=tmp_path, data_dir=data_dir,
+                      loaded={"first-call": scripted})
+    assert report["by_source"] == {"simple_python": {"first-call": {"correct": 2, "n": 2, "accuracy": 1.0}},
+                                   "parallel": {"first-call": {"correct": 0, "n": 2, "accuracy": 0.0}}}
+    assert "| parallel | 0/2 (0%) |" in (tmp_path / "report.md").read_text()
+    single = evaluate({"first-call": "scripted"}, task="bfcl:simple_python", limit=2, out_dir=tmp_path / "one",
+                      data_dir=data_dir, loaded={"first-call": scripted})
+    assert "by_source" not in single
+
+
 def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_model_dir):
     from fcagent.distill import DistillPreset, distill
     from fcagent.train import TrainSettings
@@ -134,3 +157,8 @@ def test_learning_curve_reads_base_each_epoch_snapshot_and_the_final_sft(tmp_pat
     assert _learning_curve(report, [1, 2, 3], tmp_path / "curve.png") == [(0, 0.1), (1, 0.4), (2, 0.6), (3, 0.5)]
     assert (tmp_path / "curve.png").stat().st_size > 5000
     assert _learning_curve(report, [], tmp_path / "none.png") == [] and not (tmp_path / "none.png").exists()
+    # A joined task draws a line per source beside the overall one; the returned curve is the overall one.
+    joined = {**report, "by_source": {"parallel": {k: {"accuracy": 0.0} for k in report["models"]},
+                                      "multiple": report["models"]}}
+    assert _learning_curve(joined, [1, 2, 3], tmp_path / "joined.png") == [(0, 0.1), (1, 0.4), (2, 0.6), (3, 0.5)]
+    assert (tmp_path / "joined.png").stat().st_size > (tmp_path / "curve.png").stat().st_size

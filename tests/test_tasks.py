@@ -32,6 +32,29 @@ def test_splits_are_deterministic_and_disjoint(data_dir):
     assert len(test) == 165  # sha1(id) % 10 < 4, as measured in MEASUREMENTS.md
 
 
+def test_joined_bfcl_categories_alternate_and_keep_their_own_rules(data_dir):
+    joined = get_task("bfcl:simple_python+parallel", data_dir=data_dir)
+    alone = {c: get_task(f"bfcl:{c}", data_dir=data_dir).load(split="test") for c in ("simple_python", "parallel")}
+    mixed = joined.load(split="test", limit=6)
+    # Any limit takes a mix, each category in its own order (the first held-out problems stay the same).
+    assert [p.id for p in mixed] == [q.id for pair in zip(alone["simple_python"][:3], alone["parallel"][:3]) for q in pair]
+    everything = joined.load(split="test")
+    assert sorted(p.id for p in everything) == sorted(p.id for ps in alone.values() for p in ps)
+    # A parallel problem is checked as parallel: its gold list passes, its first call alone does not.
+    par = next(p for p in mixed if p.source == "parallel")
+    assert joined.verify(par, final_answer=None, calls=par.gold_chain[0]).success
+    assert not joined.verify(par, final_answer=None, calls=par.gold_chain[0][:1]).success
+    # Replies that are lists of calls get a longer budget and no single-call response prefix.
+    assert (joined.max_new_tokens, joined.one_call_replies) == (224, False)
+    simple = get_task("bfcl:simple_python+multiple", data_dir=data_dir)
+    assert (simple.max_new_tokens, simple.one_call_replies) == (96, True)
+    assert not get_task("bfcl:irrelevance").one_call_replies
+    for bad, says in (("bfcl:simple_python+nope", "unknown BFCL category `nope`"),
+                      ("bfcl:parallel+parallel", "named twice")):
+        with pytest.raises(DataError, match=says):
+            get_task(bad, data_dir=data_dir).load()
+
+
 def test_gsm8k_annotations_become_calculator_calls():
     chain = gsm8k_gold_chain("He has 20*.8=<<20*.8=16>>16\nThen (16+4)/2=<<(16+4)/2=10>>10\n#### 10", 10)
     assert [[(c.name, c.args) for c in s] for s in chain] == [

@@ -116,6 +116,9 @@ class Task:
     instructions: str = ""
     max_steps: int = 8  # the graph's step limit for this task
     max_new_tokens: int = 64  # enough for one call of this task; a small model that rambles stops here
+    # Every good reply opens with exactly one call, so a local student may be forced to start its reply
+    # as one (distill's `response_prefix`); False where a reply may hold several calls, or none.
+    one_call_replies: bool = True
 
     def __init__(self, source: str | None = None, *, data_dir: str | Path | None = None):
         self.source = source
