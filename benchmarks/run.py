@@ -51,11 +51,16 @@ def main() -> None:
         path.write_text(json.dumps(results, indent=2))  # each result saved as soon as it exists
     t, d = results["tracing"], results["dpo_throughput"]
     lines = ["| benchmark | fcagent | alternative | ratio |", "|---|---|---|---|"]
-    for peer in ("langsmith", "langfuse"):
+    for peer in ("langsmith", "langfuse", "fcagent-in-run"):
         if peer in t["overhead_ms_per_event"]:
             lines.append(f"| tracing overhead per captured event | {t['overhead_ms_per_event']['fcagent']:.3f} ms | "
                          f"{peer} {t['overhead_ms_per_event'][peer]:.3f} ms | "
                          f"{t[f'fcagent_overhead_as_fraction_of_{peer}']:.3f}x |")
+    if "fcagent_writes_waited" in t["overhead_ms_per_event"]:
+        lines.append(f"| tracing per captured event, every write waited for (`flush()`) | "
+                     f"{t['overhead_ms_per_event']['fcagent_writes_waited']:.3f} ms | fcagent-in-run "
+                     f"{t['overhead_ms_per_event']['fcagent-in-run']:.3f} ms | "
+                     f"{t['fcagent_writes_waited_as_fraction_of_fcagent-in-run']:.3f}x |")
     lines.append(f"| DPO tokens/s (135M, LoRA r=16, batch 2) | {d['fcagent']['tokens_per_second']:.0f} | "
                  f"TRL defaults {d['trl_defaults']['tokens_per_second']:.0f} | {d['speedup']:.2f}x |")
     lines.append(f"| DPO tokens/s as a fraction of the bf16 / fp32 matmul ceiling | "

@@ -1,10 +1,14 @@
 """Tracing overhead per run and per captured event, side by side in one process.
 
 The same LangGraph agent (fcagent's graph, a scripted native tool-calling model: 2 model calls and
-1 tool call per run) with: no callbacks, a do-nothing handler, fcagent's TraceRecorder (SQLite),
-LangSmith's LangChainTracer (its client pointed at a local HTTP sink on 127.0.0.1) and Langfuse's
-LangChain CallbackHandler (its host the same sink). Handlers are interleaved round by round and the
-medians compared, so machine load hits every handler alike.
+1 tool call per run) with: no callbacks, a do-nothing handler, fcagent's TraceRecorder (SQLite; by
+default each episode is queued for the store's writer thread, `fcagent-in-run` writes it in the run,
+as before 2026-11-26), LangSmith's LangChainTracer (its client pointed at a local HTTP sink on
+127.0.0.1) and Langfuse's LangChain CallbackHandler (its host the same sink); both of those send from
+background threads too, and neither is waited for. fcagent's queue is: `fcagent_writes_waited` adds,
+per run, the time `flush()` then takes at the end of each round (what a program that waits for every
+episode on disk pays). Handlers are interleaved round by round and the medians compared, so machine
+load hits every handler alike.
 
     python -m benchmarks.tracing [--rounds 12 --runs 40]
 """
@@ -78,7 +82,8 @@ def make_graph():
 
 
 def handlers(sink: str, tmp: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"none": None, "noop": BaseCallbackHandler(), "fcagent": TraceRecorder(TraceStore(tmp / "bench.db"))}
+    out: dict[str, Any] = {"none": None, "noop": BaseCallbackHandler(), "fcagent": TraceRecorder(TraceStore(tmp / "bench.db")),
+                           "fcagent-in-run": TraceRecorder(TraceStore(tmp / "bench-in-run.db"), background=False)}
     try:
         from langchain_core.tracers.langchain import LangChainTracer
         from langsmith import Client
@@ -106,25 +111,31 @@ def run(rounds: int = 12, runs: int = 40) -> dict[str, Any]:
     for h in hs.values():  # warm up every path
         for _ in range(5):
             graph.invoke(inputs, {"callbacks": [h] if h else []})
-    samples: dict[str, list[float]] = {k: [] for k in hs}
+    samples: dict[str, list[float]] = {k: [] for k in [*hs, "fcagent_writes_waited"]}
     for _ in range(rounds):
         for name, h in hs.items():
             cfg = {"callbacks": [h] if h else []}
             started = time.perf_counter()
             for _ in range(runs):
                 graph.invoke(inputs, cfg)
-            samples[name].append((time.perf_counter() - started) / runs * 1000)
+            elapsed = time.perf_counter() - started
+            samples[name].append(elapsed / runs * 1000)
+            if name == "fcagent":
+                h.flush()
+                samples["fcagent_writes_waited"].append((time.perf_counter() - started) / runs * 1000)
     med = {k: statistics.median(v) for k, v in samples.items()}
     base = med["none"]
     result: dict[str, Any] = {"ms_per_run": med, "overhead_ms_per_run": {k: v - base for k, v in med.items()},
                               "overhead_ms_per_event": {k: (v - base) / EVENTS_PER_RUN for k, v in med.items()},
                               "rounds": rounds, "runs_per_round": runs}
     fc = max(med["fcagent"] - base, 1e-6)
-    for peer in ("langsmith", "langfuse"):
+    for peer in ("langsmith", "langfuse", "fcagent-in-run"):
         if peer in med:
             result[f"fcagent_overhead_as_fraction_of_{peer}"] = fc / max(med[peer] - base, 1e-6)
-    store = TraceStore(tmp / "bench.db")
-    result["episodes_recorded"] = store.count()
+    result["fcagent_writes_waited_as_fraction_of_fcagent-in-run"] = (
+        max(med["fcagent_writes_waited"] - base, 1e-6) / max(med["fcagent-in-run"] - base, 1e-6))
+    result["episodes_recorded"] = {name: TraceStore(tmp / db).count()
+                                   for name, db in (("fcagent", "bench.db"), ("fcagent-in-run", "bench-in-run.db"))}
     return result
 
 

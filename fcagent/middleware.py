@@ -31,7 +31,7 @@ from fcagent.calls import CallParseError, calls_error, parse_calls
 from fcagent.errors import UserError
 from fcagent.prompting import tool_schemas
 from fcagent.records import StepError
-from fcagent.recorder import episode_from_buffer
+from fcagent.recorder import EpisodeWrites, episode_from_buffer
 from fcagent.store import StoreWriteError, TraceStore, open_store
 
 __all__ = ["TraceMiddleware", "StudentMiddleware", "StudentCheck", "TracedState", "student_failure", "EPISODE_ID_KEY",
@@ -76,16 +76,14 @@ class TraceMiddleware(AgentMiddleware):
     state_schema = TracedState
 
     def __init__(self, store: str | TraceStore = "fcagent-traces.db", *, tags: list[str] | None = None,
-                 on_write_error: Literal["report", "raise"] = "report", **metadata: Any):
+                 on_write_error: Literal["report", "raise"] = "report", background: bool | None = None,
+                 **metadata: Any):
         super().__init__()
-        if on_write_error not in ("report", "raise"):
-            raise UserError(f"`on_write_error` must be 'report' or 'raise', got {on_write_error!r}")
         self.store = open_store(store)
+        self.writes = EpisodeWrites(self.store, on_write_error, background)  # the recorder's, shared
         self.metadata = metadata
         self.tags = ["middleware", *(tags or [])]
         self.on_write_error = on_write_error
-        self.write_errors: list[StoreWriteError] = []
-        self.last_episode_id: str | None = None
         self._open: dict[str, dict[str, Any]] = {}
         self._errored: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -117,21 +115,22 @@ class TraceMiddleware(AgentMiddleware):
             self._order += 1
             return {**buf, "_tick": self._order}
 
-    def _write(self, buf: dict[str, Any], *, final: bool) -> None:
-        trace = episode_from_buffer(buf)
-        try:
-            self.store.write_episode(trace, replace=True)
-        except Exception as exc:  # noqa: BLE001 - reported or raised, as the caller chose
-            failure = StoreWriteError(buf["id"], exc)
-            self.write_errors.append(failure)
-            if self.on_write_error == "raise":
-                raise failure from exc
-            import logging
+    @property
+    def write_errors(self) -> list[StoreWriteError]:
+        return self.writes.errors
 
-            logging.getLogger("fcagent").error("%s", failure)
-            return
-        if final:
-            self.last_episode_id = buf["id"]
+    @property
+    def last_episode_id(self) -> str | None:
+        return self.writes.last_episode_id
+
+    def flush(self) -> None:
+        """Wait until every episode finished so far is written (or its failure reported)."""
+        self.writes.flush()
+
+    def _write(self, buf: dict[str, Any], *, final: bool) -> None:
+        # As it is now: an errored episode's buffer may be picked up again by an outer retry.
+        snapshot = {**buf, "completions": list(buf["completions"]), "tool_runs": list(buf["tool_runs"])}
+        self.writes.submit(buf["id"], lambda: episode_from_buffer(snapshot), replace=True, final=final)
 
     def _fail(self, buf_id: str, error: BaseException) -> None:
         """A hook raised: the run is (probably) over. Store what it did now, keep the buffer a while."""
@@ -165,7 +164,9 @@ class TraceMiddleware(AgentMiddleware):
         return None
 
     async def aafter_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-        # The store write blocks (SQLite): off the event loop (LangGraph's server refuses blocking calls on it).
+        if self.writes.background:  # queued for the store's writer thread: nothing here blocks
+            return self.after_agent(state, runtime)
+        # A write in the run blocks (SQLite): off the event loop (LangGraph's server refuses blocking calls on it).
         return await asyncio.to_thread(self.after_agent, state, runtime)
 
     # --- model and tool calls ------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Attach it to any Runnable with `config={"callbacks": [recorder]}`: fcagent's graph, a
 `langchain.agents.create_agent` agent, a plain `model.bind_tools(...)` chain. One root invocation is
-one episode. Callbacks only keep references (the hot path is a few dict operations); the episode
-is converted and written in one SQLite transaction when its root run ends.
+one episode. Callbacks only keep references (the hot path is a few dict operations); when its root
+run ends, the episode is queued for the store's writer thread, which converts it and writes it
+(episodes finished together in one SQLite transaction) off the agent's path.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from fcagent.records import StepError, context_hash, message_record
 from fcagent.redact import Redactor
 from fcagent.store import StoreWriteError, TraceStore, open_store
 
-__all__ = ["TraceRecorder", "episode_from_buffer", "normalize_tools", "MAX_TOOL_OUTPUT_CHARS"]
+__all__ = ["TraceRecorder", "EpisodeWrites", "episode_from_buffer", "normalize_tools", "MAX_TOOL_OUTPUT_CHARS"]
 
 log = logging.getLogger("fcagent")
 
@@ -223,6 +224,68 @@ def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
     return {"episode": episode, "completions": completions, "tool_runs": tool_runs, "labels": labels}
 
 
+# The keys of a root run's outputs an episode keeps or labels from (`episode_from_buffer`).
+_OUTPUT_KEYS = ("problem", "errors", "verdict", "final_answer", "status", "steps")
+
+
+class EpisodeWrites:
+    """Where a recorder's (or the middleware's) finished episodes go, and what became of them.
+
+    `background=True` (the default with `on_write_error="report"`): the episode is queued on the
+    store's writer thread (`TraceStore.write_episode_soon`) and the agent's run goes on at once;
+    a failure is logged naming the episode and kept in `errors`, as a failed write in the run is.
+    `on_write_error="raise"` writes in the run, so the error can be raised into it. Reads through
+    the store wait for queued episodes; `flush()` waits for them (the counters are final then).
+    """
+
+    def __init__(self, store: TraceStore, on_write_error: Literal["report", "raise"], background: bool | None) -> None:
+        if on_write_error not in ("report", "raise"):
+            raise UserError(f"`on_write_error` must be 'report' or 'raise', got {on_write_error!r}")
+        if background and on_write_error == "raise":
+            raise UserError("`on_write_error='raise'` raises a failed write into the run, so it writes in the run: "
+                            "it cannot be combined with `background=True`")
+        self.store = store
+        self.raise_error = on_write_error == "raise"
+        self.background = not self.raise_error if background is None else background
+        self.errors: list[StoreWriteError] = []
+        self.written = 0  # stored
+        self.present = 0  # already in the store (an id, or a `DEDUPE` key, seen before): not stored again
+        self.last_episode_id: str | None = None
+
+    def submit(self, episode_id: str, build: Any, *, replace: bool = False, final: bool = True) -> None:
+        """Write the trace `build()` makes, now or on the writer thread."""
+        if self.background:
+            if final:  # finished (its write may still be queued: reads wait for it)
+                self.last_episode_id = episode_id
+            self.store.write_episode_soon(episode_id, build, replace=replace,
+                                          done=functools.partial(self._done, episode_id, False))
+            return
+        try:
+            stored = self.store.write_episode(build(), replace=replace)
+        except Exception as exc:  # noqa: BLE001 - reported or raised, as the caller chose
+            failure = StoreWriteError(episode_id, exc)
+            self._done(episode_id, final, None, failure)
+            if self.raise_error:
+                raise failure from exc
+            return
+        self._done(episode_id, final, stored, None)
+
+    def _done(self, episode_id: str, final: bool, stored: bool | None, error: StoreWriteError | None) -> None:
+        if error is not None:
+            self.errors.append(error)
+            log.error("%s", error)
+            return
+        if final:
+            self.last_episode_id = episode_id
+        if stored:
+            self.written += 1
+        else:
+            self.present += 1
+
+    def flush(self) -> None:
+        self.store.flush()
+
+
 class TraceRecorder(BaseCallbackHandler):
     """Records episodes into a `TraceStore`: `TraceRecorder(store="traces.db", team="search")`.
 
@@ -235,31 +298,52 @@ class TraceRecorder(BaseCallbackHandler):
     callbacks cannot see (the recorder warns once per such model). `on_write_error`: a failed store
     write is `"report"`ed (logged naming the episode and kept in `write_errors`, the agent's run
     goes on: the default, since a trace should not take production down) or `"raise"`d into the run.
+    With `"report"` the episode is written by the store's writer thread (`background`, see
+    `EpisodeWrites`): `flush()` before reading `episodes_written` or `write_errors`; reads through
+    the store wait by themselves.
     """
 
     run_inline = True
 
     def __init__(self, store: str | TraceStore = "fcagent-traces.db", *, tags: list[str] | None = None,
                  tools: list[Any] | None = None, max_tool_output_chars: int = MAX_TOOL_OUTPUT_CHARS,
-                 on_write_error: Literal["report", "raise"] = "report", **metadata: Any):
-        if on_write_error not in ("report", "raise"):
-            raise UserError(f"`on_write_error` must be 'report' or 'raise', got {on_write_error!r}")
+                 on_write_error: Literal["report", "raise"] = "report", background: bool | None = None,
+                 **metadata: Any):
         self.store = open_store(store)
+        self.writes = EpisodeWrites(self.store, on_write_error, background)
         self.metadata = metadata
         self.tags = list(tags or [])
         self.tools = normalize_tools(tool_schemas(tools)) if tools else []
         self.max_tool_output_chars = max_tool_output_chars
         self.on_write_error = on_write_error
         self.raise_error = on_write_error == "raise"
-        self.write_errors: list[StoreWriteError] = []
         self._root: dict[UUID, UUID] = {}
         self._open: dict[UUID, dict[str, Any]] = {}
         self._runs: dict[UUID, dict[str, Any]] = {}
         self._order = 0
         self._warned_models: set[str] = set()
-        self.last_episode_id: str | None = None
-        self.episodes_written = 0  # stored by this recorder
-        self.episodes_present = 0  # already in the store (an id, or a `DEDUPE` key, seen before): not stored again
+
+    @property
+    def write_errors(self) -> list[StoreWriteError]:
+        return self.writes.errors
+
+    @property
+    def episodes_written(self) -> int:
+        """Episodes stored by this recorder (queued ones count once written: `flush()` first)."""
+        return self.writes.written
+
+    @property
+    def episodes_present(self) -> int:
+        """Episodes already in the store (an id, or a `DEDUPE` key, seen before): not stored again."""
+        return self.writes.present
+
+    @property
+    def last_episode_id(self) -> str | None:
+        return self.writes.last_episode_id
+
+    def flush(self) -> None:
+        """Wait until every episode this recorder finished is written (or its failure reported)."""
+        self.writes.flush()
 
     # --- episode bookkeeping -------------------------------------------------------------------
 
@@ -297,22 +381,15 @@ class TraceRecorder(BaseCallbackHandler):
         for rid in [r for r, root in self._root.items() if root == run_id]:
             self._root.pop(rid, None)
             self._runs.pop(rid, None)
-        trace = episode_from_buffer(buf)
-        self._warn_missing_tools(trace)
-        try:
-            stored = self.store.write_episode(trace)
-        except Exception as exc:  # noqa: BLE001 - reported or raised, as the caller chose
-            failure = StoreWriteError(trace["episode"]["id"], exc)
-            self.write_errors.append(failure)
-            log.error("%s", failure)
-            if self.raise_error:
-                raise failure from exc
-            return
-        self.last_episode_id = trace["episode"]["id"]
-        if stored:
-            self.episodes_written += 1
-        else:
-            self.episodes_present += 1
+        if isinstance(outputs, dict):  # what the episode reads, as it is now (the caller owns the state)
+            buf["outputs"] = {k: outputs[k] for k in _OUTPUT_KEYS if k in outputs}
+
+        def build() -> dict[str, Any]:
+            trace = episode_from_buffer(buf)
+            self._warn_missing_tools(trace)
+            return trace
+
+        self.writes.submit(buf["id"], build)
 
     def _warn_missing_tools(self, trace: dict[str, Any]) -> None:
         for comp in trace["completions"]:

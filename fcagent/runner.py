@@ -118,7 +118,11 @@ def run_problems(model: BaseChatModel, task: Task, problems: list[Problem], *, s
             on_result(problem, result)
         return result
 
-    if concurrency <= 1:
-        return [one(p) for p in problems]
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(pool.map(one, problems))
+    try:
+        if concurrency <= 1:
+            return [one(p) for p in problems]
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(one, problems))
+    finally:
+        if recorder is not None:  # every episode written (or its failure reported) when this returns
+            recorder.flush()

@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import atexit
 import os
+import queue
 import sqlite3
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +121,7 @@ class TraceStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._writer_fd: tuple[int, int] | None = None  # (pid, fd) of the writer-queue lock file
+        self._writer: _EpisodeWriter | None = None  # started by the first `write_episode_soon`
         self._conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
         try:
             self._refuse_newer_schema()  # before anything writes: a newer store is left exactly as it was
@@ -171,6 +175,11 @@ class TraceStore:
             return self._conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0]
 
     def close(self) -> None:
+        self.flush()
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None and writer.pid == os.getpid() and writer.thread.is_alive():
+            writer.stop()
         with self._lock:
             self._conn.close()
             if self._writer_fd is not None and self._writer_fd[0] == os.getpid():
@@ -208,29 +217,67 @@ class TraceStore:
     def write_episode(self, trace: EpisodeTrace | dict[str, Any], *, replace: bool = False) -> bool:
         """Store one episode and everything under it in one transaction; False if it was there (its
         labels are merged in all the same: importing feedback on a known episode adds the feedback)."""
-        rows = _trace_rows(trace)
-        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        (stored,) = self.write_episodes([trace], replace=replace)
+        return stored
+
+    def write_episodes(self, traces: list[EpisodeTrace | dict[str, Any]], *, replace: bool | list[bool] = False
+                       ) -> list[bool]:
+        """Store several episodes in one transaction (all or none); per episode, False if it was there."""
+        rows = [_trace_rows(trace) for trace in traces]
+        replaces = replace if isinstance(replace, list) else [replace] * len(rows)
         with self._lock, self._writer_queue():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._conn.execute(f"{verb} INTO episodes VALUES ({_marks(_EPISODE_COLS)})", rows["episode"])
-                if cur.rowcount == 0:
-                    # The id is known: merge its labels. Else its dedupe key was (another harvest stored
-                    # this problem first): nothing of it is written.
-                    if self._conn.execute("SELECT 1 FROM episodes WHERE id=?", (rows["episode"][0],)).fetchone():
-                        self._conn.executemany(_INSERT_LABEL, rows["labels"])
-                    self._conn.execute("COMMIT")
-                    return False
-                self._conn.executemany("INSERT OR IGNORE INTO message_blobs VALUES (?, ?)", rows["blobs"])
-                self._conn.executemany(f"{verb} INTO completions VALUES ({_marks(_COMPLETION_COLS)})",
-                                       rows["completions"])
-                self._conn.executemany(f"{verb} INTO tool_runs VALUES ({_marks(_TOOL_COLS)})", rows["tool_runs"])
-                self._conn.executemany(_INSERT_LABEL, rows["labels"])
+                stored = [self._insert(r, again) for r, again in zip(rows, replaces, strict=True)]
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
+        return stored
+
+    def _insert(self, rows: dict[str, Any], replace: bool) -> bool:
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        cur = self._conn.execute(f"{verb} INTO episodes VALUES ({_marks(_EPISODE_COLS)})", rows["episode"])
+        if cur.rowcount == 0:
+            # The id is known: merge its labels. Else its dedupe key was (another harvest stored
+            # this problem first): nothing of it is written.
+            if self._conn.execute("SELECT 1 FROM episodes WHERE id=?", (rows["episode"][0],)).fetchone():
+                self._conn.executemany(_INSERT_LABEL, rows["labels"])
+            return False
+        self._conn.executemany("INSERT OR IGNORE INTO message_blobs VALUES (?, ?)", rows["blobs"])
+        self._conn.executemany(f"{verb} INTO completions VALUES ({_marks(_COMPLETION_COLS)})", rows["completions"])
+        self._conn.executemany(f"{verb} INTO tool_runs VALUES ({_marks(_TOOL_COLS)})", rows["tool_runs"])
+        self._conn.executemany(_INSERT_LABEL, rows["labels"])
         return True
+
+    # --- writing off the caller's thread -------------------------------------------------------
+
+    def write_episode_soon(self, episode_id: str, build: Callable[[], EpisodeTrace | dict[str, Any]], *,
+                           replace: bool = False, done: Callable[[bool | None, StoreWriteError | None], None]) -> None:
+        """Queue an episode for this store's writer thread and return at once: `build()` makes the trace
+        there, and episodes queued together are written in one transaction (falling back to one each when
+        it fails, so a failure names only its own episode). `done(stored, error)` is called on the writer
+        thread; `error` is a `StoreWriteError` naming the episode.
+
+        Reads through any store of this process on the same file wait for its queued episodes first
+        (read-your-writes, as with `write_episode`); `flush()` waits for them, `close()` and interpreter
+        exit write them."""
+        with self._lock:
+            if self._writer is None or self._writer.pid != os.getpid():  # a forked child starts its own
+                self._writer = _EpisodeWriter(self)
+                _QUEUED_ON.setdefault(_file_key(self.path), weakref.WeakSet()).add(self)
+            self._writer.queue.put(_QueuedEpisode(episode_id, build, replace, done))
+
+    def flush(self) -> None:
+        """Wait until every episode queued on this store is written (or its failure reported)."""
+        writer = self._writer
+        if writer is not None and writer.pid == os.getpid() and threading.get_ident() != writer.ident:
+            writer.queue.join()
+
+    def _settle(self) -> None:
+        # Every store of this process on this file: a read sees what was queued before it.
+        for store in list(_QUEUED_ON.get(_file_key(self.path), ())):
+            store.flush()
 
     def _rollback(self) -> None:
         # SQLite may have rolled back already (a failed COMMIT on a full disk): a second ROLLBACK would
@@ -287,6 +334,7 @@ class TraceStore:
     def _query(self, sql: str, params: tuple = (), batch: int = 500) -> Iterator[sqlite3.Row]:
         # A connection of its own per query, fetched in batches: memory stays flat with store size,
         # and a long read never holds the writer's lock.
+        self._settle()
         conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         try:
@@ -516,6 +564,115 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterator[dict[str, An
         Path(tmp).unlink(missing_ok=True)
         raise
     return n
+
+
+class _QueuedEpisode:
+    __slots__ = ("episode_id", "build", "replace", "done")
+
+    def __init__(self, episode_id: str, build: Callable[[], Any], replace: bool, done: Callable[..., None]) -> None:
+        self.episode_id, self.build, self.replace, self.done = episode_id, build, replace, done
+
+
+class _EpisodeWriter:
+    """A store's writer thread: takes what is queued, builds the traces, writes them in one transaction.
+
+    A daemon thread, so a program that forgets `close()` still exits; what it had queued is written
+    by the `atexit` hook below before the interpreter goes. A `TraceStore` is used from many threads
+    already (its connection is shared under its lock), so the writer uses the caller's store object."""
+
+    BATCH = 64  # episodes per transaction at most: a long queue still commits (and is readable) often
+    IDLE_S = 1.0  # an idle writer ends (a store no longer used is freed); the next episode starts another
+
+    def __init__(self, store: TraceStore) -> None:
+        self.store = store
+        self.pid = os.getpid()
+        self.queue: queue.Queue[_QueuedEpisode | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=f"fcagent-writer:{store.path.name}", daemon=True)
+        self.thread.start()
+        self.ident = self.thread.ident
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self.queue.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                with self.store._lock:  # `write_episode_soon` queues under this lock: nothing slips in
+                    if self.queue.empty():
+                        if self.store._writer is self:
+                            self.store._writer = None
+                        return
+                continue
+            if first is None:
+                self.queue.task_done()
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    self.queue.task_done()
+                    break
+                batch.append(item)
+            try:
+                self._write(batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+            if stop:
+                return
+
+    def _write(self, batch: list[_QueuedEpisode]) -> None:
+        built: list[tuple[_QueuedEpisode, Any]] = []
+        for job in batch:
+            try:
+                built.append((job, job.build()))
+            except Exception as exc:  # noqa: BLE001 - reported naming the episode, never lost silently
+                _report(job, None, exc)
+        if not built:
+            return
+        try:
+            stored = self.store.write_episodes([trace for _, trace in built], replace=[job.replace for job, _ in built])
+        except Exception:  # noqa: BLE001 - one bad episode must not take its batch with it: one at a time
+            for job, trace in built:
+                try:
+                    _report(job, self.store.write_episode(trace, replace=job.replace), None)
+                except Exception as exc:  # noqa: BLE001
+                    _report(job, None, exc)
+            return
+        for (job, _), ok in zip(built, stored):
+            _report(job, ok, None)
+
+
+def _report(job: _QueuedEpisode, stored: bool | None, exc: BaseException | None) -> None:
+    try:
+        job.done(stored, StoreWriteError(job.episode_id, exc) if exc is not None else None)
+    except Exception:  # noqa: BLE001 - a broken callback must not stop the writer
+        import logging
+
+        logging.getLogger("fcagent").exception("fcagent: write callback of episode %s failed", job.episode_id)
+
+
+# Stores with a writer thread, by file: a read through any store on a file waits for their queues.
+_QUEUED_ON: dict[str, weakref.WeakSet[TraceStore]] = {}
+
+
+def _file_key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+@atexit.register
+def _write_queued_at_exit() -> None:
+    for stores in list(_QUEUED_ON.values()):
+        for store in list(stores):
+            store.flush()
 
 
 def open_store(store: str | os.PathLike[str] | TraceStore) -> TraceStore:

@@ -25,3 +25,11 @@ def test_serve_benchmark_drives_the_server_batched_and_not(smol_dir):
     assert result["concurrent_unbatched"]["batches"] == 4  # batching off: one request per batch
     assert result["one_client"]["batches"] == 4  # one client: nothing to batch with
     assert result["concurrent"]["completion_tokens"] > 0
+
+
+def test_tracing_benchmark_records_every_episode_in_both_write_modes():
+    from benchmarks import tracing
+
+    result = tracing.run(rounds=1, runs=3)
+    assert result["episodes_recorded"] == {"fcagent": 8, "fcagent-in-run": 8}  # 5 warm-up runs + 3 timed
+    assert {"fcagent", "fcagent-in-run", "fcagent_writes_waited"} <= set(result["overhead_ms_per_event"])

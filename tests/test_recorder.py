@@ -157,3 +157,107 @@ def test_label_api_and_stats(tmp_path):
 
     with pytest.raises(UserError, match="no episode or completion with id"):
         store.label("nope", True)
+
+
+# --- the store's writer thread ----------------------------------------------------------------
+
+
+def test_the_run_does_not_wait_for_the_write_and_any_store_on_the_file_reads_it(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    original, writers = TraceStore._insert, []
+
+    def slow_insert(self, rows, replace):
+        writers.append(threading.current_thread().name)
+        time.sleep(0.5)  # a slow disk
+        return original(self, rows, replace)
+
+    monkeypatch.setattr(TraceStore, "_insert", slow_insert)
+    recorder = TraceRecorder(tmp_path / "t.db")
+    model = scripted_agent_model()
+    started = time.perf_counter()
+    create_agent(model, [get_weather, convert]).invoke({"messages": [HumanMessage("Paris?")]},
+                                                       {"callbacks": [recorder]})
+    assert time.perf_counter() - started < 0.5  # the agent's answer did not wait for the disk
+    assert recorder.episodes_written == 0  # still queued
+    # Another store object on the same file, read at once, sees the episode (read-your-writes).
+    assert_agent_episode(TraceStore(tmp_path / "t.db"), model)
+    assert recorder.episodes_written == 1 and writers == ["fcagent-writer:t.db"]
+
+
+def test_a_failed_write_in_a_batch_names_its_episode_and_the_others_are_stored(tmp_path, monkeypatch):
+    store = TraceStore(tmp_path / "t.db")
+    original = TraceStore._insert
+
+    def full_disk_for_b(self, rows, replace):
+        if rows["episode"][0] == "b":
+            raise OSError("database or disk is full")
+        return original(self, rows, replace)
+
+    monkeypatch.setattr(TraceStore, "_insert", full_disk_for_b)
+    outcomes: dict[str, object] = {}
+
+    def trace(episode_id):
+        return {"episode": {"id": episode_id, "started_at": 1.0}, "completions": [], "tool_runs": [], "labels": []}
+
+    def broken_build():
+        raise ValueError("a record that cannot be built")
+
+    with store._lock:  # the writer waits for the lock: the four are queued, and written together
+        for episode_id in "abc":
+            store.write_episode_soon(episode_id, lambda i=episode_id: trace(i),
+                                     done=lambda stored, error, i=episode_id: outcomes.__setitem__(i, error or stored))
+        store.write_episode_soon("d", broken_build, done=lambda stored, error: outcomes.__setitem__("d", error))
+    store.flush()
+    assert outcomes["a"] is True and outcomes["c"] is True
+    assert "episode b was not stored: OSError: database or disk is full" in str(outcomes["b"])
+    assert "episode d was not stored: ValueError" in str(outcomes["d"])
+    assert sorted(e.id for e in store.episodes()) == ["a", "c"]
+
+
+def test_queued_episodes_are_written_when_the_program_exits_without_closing(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import time
+        from fcagent.store import TraceStore
+        store = TraceStore({str(tmp_path / "t.db")!r})
+        original = TraceStore._insert
+        def slow(self, rows, replace):
+            time.sleep(0.3)
+            return original(self, rows, replace)
+        TraceStore._insert = slow
+        for i in range(3):
+            store.write_episode_soon(str(i), lambda i=i: {{"episode": {{"id": str(i), "started_at": 1.0}}}},
+                                     done=lambda stored, error: None)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert TraceStore(tmp_path / "t.db").count() == 3
+
+
+def test_an_idle_writer_ends_and_the_next_episode_starts_another(tmp_path, monkeypatch):
+    from fcagent import store as store_module
+
+    monkeypatch.setattr(store_module._EpisodeWriter, "IDLE_S", 0.05)
+    store = TraceStore(tmp_path / "t.db")
+    for episode_id in ("x", "y"):
+        store.write_episode_soon(episode_id, lambda i=episode_id: {"episode": {"id": i, "started_at": 1.0}},
+                                 done=lambda stored, error: None)
+        store.flush()
+        writer = store._writer
+        if writer is not None:
+            writer.thread.join(timeout=5)
+        assert store._writer is None  # nothing queued: the thread ended, the store can be freed
+    assert store.count() == 2
+
+
+def test_raise_mode_writes_in_the_run(tmp_path):
+    with pytest.raises(Exception, match="cannot be combined with `background=True`"):
+        TraceRecorder(tmp_path / "t.db", on_write_error="raise", background=True)
+    recorder = TraceRecorder(tmp_path / "t.db", on_write_error="raise")
+    create_agent(scripted_agent_model(), [get_weather, convert]).invoke({"messages": [HumanMessage("Paris?")]},
+                                                                        {"callbacks": [recorder]})
+    assert recorder.episodes_written == 1 and recorder.store._writer is None  # no flush needed, no thread

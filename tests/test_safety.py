@@ -77,16 +77,18 @@ def test_a_store_locked_past_the_timeout_is_reported_not_lost(tmp_path):
 
 
 def test_cli_harvest_exits_nonzero_when_episodes_were_not_stored(tmp_path, monkeypatch):
-    original = TraceStore.write_episode
-    calls = {"n": 0}
+    original = TraceStore._insert
+    seen: list[str] = []
 
-    def flaky(self, trace, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def flaky(self, rows, replace):  # the second episode never fits (retried alone, it fails again)
+        episode_id = rows["episode"][0]
+        if episode_id not in seen:
+            seen.append(episode_id)
+        if seen.index(episode_id) == 1:
             raise sqlite3.OperationalError("database or disk is full")
-        return original(self, trace, **kw)
+        return original(self, rows, replace)
 
-    monkeypatch.setattr(TraceStore, "write_episode", flaky)
+    monkeypatch.setattr(TraceStore, "_insert", flaky)
     result = runner.invoke(app, ["harvest", "--task", "math", "--limit", "3", "--store", str(tmp_path / "t.db")],
                            env={"COLUMNS": "300"})
     assert result.exit_code == 1 and "1 of 3 episodes were NOT stored" in result.output
