@@ -31,8 +31,8 @@ from fcagent.calls import CallParseError, calls_error, parse_calls
 from fcagent.errors import UserError
 from fcagent.prompting import tool_schemas
 from fcagent.records import StepError
-from fcagent.recorder import EpisodeWrites, episode_from_buffer
-from fcagent.store import StoreWriteError, TraceStore, open_store
+from fcagent.recorder import EpisodeWrites, WritesEpisodes, episode_from_buffer
+from fcagent.store import TraceStore, open_store
 
 __all__ = ["TraceMiddleware", "StudentMiddleware", "StudentCheck", "TracedState", "student_failure", "EPISODE_ID_KEY",
            "grounded_answer", "repeated_call"]
@@ -70,7 +70,7 @@ def _replies(response: Any) -> list[AIMessage]:
     return [m for m in result if isinstance(m, AIMessage)]
 
 
-class TraceMiddleware(AgentMiddleware):
+class TraceMiddleware(WritesEpisodes, AgentMiddleware):
     """`create_agent(model, tools, middleware=[TraceMiddleware(store="traces.db")])`."""
 
     state_schema = TracedState
@@ -114,18 +114,6 @@ class TraceMiddleware(AgentMiddleware):
                                                 "completions": [], "tool_runs": []}
             self._order += 1
             return {**buf, "_tick": self._order}
-
-    @property
-    def write_errors(self) -> list[StoreWriteError]:
-        return self.writes.errors
-
-    @property
-    def last_episode_id(self) -> str | None:
-        return self.writes.last_episode_id
-
-    def flush(self) -> None:
-        """Wait until every episode finished so far is written (or its failure reported)."""
-        self.writes.flush()
 
     def _write(self, buf: dict[str, Any], *, final: bool) -> None:
         # As it is now: an errored episode's buffer may be picked up again by an outer retry.

@@ -286,7 +286,35 @@ class EpisodeWrites:
         self.store.flush()
 
 
-class TraceRecorder(BaseCallbackHandler):
+class WritesEpisodes:
+    """What the recorder and the middleware say of their writes (both hold an `EpisodeWrites`)."""
+
+    writes: EpisodeWrites
+
+    @property
+    def write_errors(self) -> list[StoreWriteError]:
+        return self.writes.errors
+
+    @property
+    def episodes_written(self) -> int:
+        """Episodes stored (queued ones count once written: `flush()` first)."""
+        return self.writes.written
+
+    @property
+    def episodes_present(self) -> int:
+        """Episodes already in the store (an id, or a `DEDUPE` key, seen before): not stored again."""
+        return self.writes.present
+
+    @property
+    def last_episode_id(self) -> str | None:
+        return self.writes.last_episode_id
+
+    def flush(self) -> None:
+        """Wait until every episode finished so far is written (or its failure reported)."""
+        self.writes.flush()
+
+
+class TraceRecorder(WritesEpisodes, BaseCallbackHandler):
     """Records episodes into a `TraceStore`: `TraceRecorder(store="traces.db", team="search")`.
 
     One root run is one episode, and the episode's id is that run's `run_id` (pass
@@ -323,27 +351,6 @@ class TraceRecorder(BaseCallbackHandler):
         self._order = 0
         self._warned_models: set[str] = set()
 
-    @property
-    def write_errors(self) -> list[StoreWriteError]:
-        return self.writes.errors
-
-    @property
-    def episodes_written(self) -> int:
-        """Episodes stored by this recorder (queued ones count once written: `flush()` first)."""
-        return self.writes.written
-
-    @property
-    def episodes_present(self) -> int:
-        """Episodes already in the store (an id, or a `DEDUPE` key, seen before): not stored again."""
-        return self.writes.present
-
-    @property
-    def last_episode_id(self) -> str | None:
-        return self.writes.last_episode_id
-
-    def flush(self) -> None:
-        """Wait until every episode this recorder finished is written (or its failure reported)."""
-        self.writes.flush()
 
     # --- episode bookkeeping -------------------------------------------------------------------
 
