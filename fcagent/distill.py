@@ -316,7 +316,7 @@ def _learning_curve(report: dict[str, Any], epochs: list[int], path: Path) -> li
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{report['task']}: SFT learning curve")
+    ax.set_title(f"{report['task']}\nSFT learning curve", fontsize=8)  # a joined task's spec is long
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
