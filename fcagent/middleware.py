@@ -79,8 +79,8 @@ class TraceMiddleware(WritesEpisodes, AgentMiddleware):
                  on_write_error: Literal["report", "raise"] = "report", background: bool | None = None,
                  **metadata: Any):
         super().__init__()
-        self.store = open_store(store)
-        self.writes = EpisodeWrites(self.store, on_write_error, background)  # the recorder's, shared
+        self.writes = EpisodeWrites(store, on_write_error, background)  # the recorder's, shared
+        self.store = self.writes.store
         self.metadata = metadata
         self.tags = ["middleware", *(tags or [])]
         self.on_write_error = on_write_error

@@ -238,13 +238,13 @@ class EpisodeWrites:
     the store wait for queued episodes; `flush()` waits for them (the counters are final then).
     """
 
-    def __init__(self, store: TraceStore, on_write_error: Literal["report", "raise"], background: bool | None) -> None:
+    def __init__(self, store: str | TraceStore, on_write_error: Literal["report", "raise"], background: bool | None) -> None:
         if on_write_error not in ("report", "raise"):
             raise UserError(f"`on_write_error` must be 'report' or 'raise', got {on_write_error!r}")
         if background and on_write_error == "raise":
             raise UserError("`on_write_error='raise'` raises a failed write into the run, so it writes in the run: "
                             "it cannot be combined with `background=True`")
-        self.store = store
+        self.store = open_store(store)  # after the checks: a bad argument creates no file
         self.raise_error = on_write_error == "raise"
         self.background = not self.raise_error if background is None else background
         self.errors: list[StoreWriteError] = []
@@ -337,8 +337,8 @@ class TraceRecorder(WritesEpisodes, BaseCallbackHandler):
                  tools: list[Any] | None = None, max_tool_output_chars: int = MAX_TOOL_OUTPUT_CHARS,
                  on_write_error: Literal["report", "raise"] = "report", background: bool | None = None,
                  **metadata: Any):
-        self.store = open_store(store)
-        self.writes = EpisodeWrites(self.store, on_write_error, background)
+        self.writes = EpisodeWrites(store, on_write_error, background)
+        self.store = self.writes.store
         self.metadata = metadata
         self.tags = list(tags or [])
         self.tools = normalize_tools(tool_schemas(tools)) if tools else []

@@ -261,3 +261,12 @@ def test_raise_mode_writes_in_the_run(tmp_path):
     create_agent(scripted_agent_model(), [get_weather, convert]).invoke({"messages": [HumanMessage("Paris?")]},
                                                                         {"callbacks": [recorder]})
     assert recorder.episodes_written == 1 and recorder.store._writer is None  # no flush needed, no thread
+
+
+def test_a_bad_write_mode_is_refused_before_the_store_is_created(tmp_path):
+    for kwargs in ({"on_write_error": "ignore"}, {"on_write_error": "raise", "background": True}):
+        with pytest.raises(Exception, match="on_write_error"):
+            TraceRecorder(tmp_path / "t.db", **kwargs)
+        with pytest.raises(Exception, match="on_write_error"):
+            TraceMiddleware(tmp_path / "t.db", **kwargs)
+    assert not (tmp_path / "t.db").exists()
