@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import atexit
+import json
 import os
 import queue
 import sqlite3
@@ -21,7 +21,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -122,6 +122,7 @@ class TraceStore:
         self._lock = threading.RLock()
         self._writer_fd: tuple[int, int] | None = None  # (pid, fd) of the writer-queue lock file
         self._writer: _EpisodeWriter | None = None  # started by the first `write_episode_soon`
+        self._file_key = os.path.realpath(self.path)  # the stores of this process on one file share queues
         self._conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
         try:
             self._refuse_newer_schema()  # before anything writes: a newer store is left exactly as it was
@@ -265,7 +266,7 @@ class TraceStore:
         with self._lock:
             if self._writer is None or self._writer.pid != os.getpid():  # a forked child starts its own
                 self._writer = _EpisodeWriter(self)
-                _QUEUED_ON.setdefault(_file_key(self.path), weakref.WeakSet()).add(self)
+                _QUEUED_ON.setdefault(self._file_key, weakref.WeakSet()).add(self)
             self._writer.queue.put(_QueuedEpisode(episode_id, build, replace, done))
 
     def flush(self) -> None:
@@ -276,7 +277,7 @@ class TraceStore:
 
     def _settle(self) -> None:
         # Every store of this process on this file: a read sees what was queued before it.
-        for store in list(_QUEUED_ON.get(_file_key(self.path), ())):
+        for store in list(_QUEUED_ON.get(self._file_key, ())):
             store.flush()
 
     def _rollback(self) -> None:
@@ -566,11 +567,11 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterator[dict[str, An
     return n
 
 
-class _QueuedEpisode:
-    __slots__ = ("episode_id", "build", "replace", "done")
-
-    def __init__(self, episode_id: str, build: Callable[[], Any], replace: bool, done: Callable[..., None]) -> None:
-        self.episode_id, self.build, self.replace, self.done = episode_id, build, replace, done
+class _QueuedEpisode(NamedTuple):
+    episode_id: str
+    build: Callable[[], Any]
+    replace: bool
+    done: Callable[..., None]
 
 
 class _EpisodeWriter:
@@ -606,27 +607,18 @@ class _EpisodeWriter:
                             self.store._writer = None
                         return
                 continue
-            if first is None:
-                self.queue.task_done()
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.BATCH:
+            batch = [first]  # what is queued now, up to BATCH, or up to a stop (None)
+            while len(batch) < self.BATCH and batch[-1] is not None:
                 try:
-                    item = self.queue.get_nowait()
+                    batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-                if item is None:
-                    stop = True
-                    self.queue.task_done()
-                    break
-                batch.append(item)
             try:
-                self._write(batch)
+                self._write([job for job in batch if job is not None])
             finally:
                 for _ in batch:
                     self.queue.task_done()
-            if stop:
+            if batch[-1] is None:
                 return
 
     def _write(self, batch: list[_QueuedEpisode]) -> None:
@@ -662,10 +654,6 @@ def _report(job: _QueuedEpisode, stored: bool | None, exc: BaseException | None)
 
 # Stores with a writer thread, by file: a read through any store on a file waits for their queues.
 _QUEUED_ON: dict[str, weakref.WeakSet[TraceStore]] = {}
-
-
-def _file_key(path: Path) -> str:
-    return os.path.realpath(path)
 
 
 @atexit.register
