@@ -167,10 +167,14 @@ def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
             step_errors.setdefault(err["step"], []).append(err)
     failed: set[str] = set()
     model = None
+    # Each model call's input repeats the messages before it (the same objects): one record each, so
+    # an episode of n steps builds n records, not n²/2 (the store writes each shared record once too).
+    records: dict[int, dict[str, Any]] = {}
     for seq, c in enumerate(buf["completions"]):
         cmeta = c.get("metadata") or {}
         protocol = cmeta.get(keys.PROTOCOL)
-        messages = [message_record(m) for m in c["messages"]]
+        messages = [records[id(m)] if id(m) in records else records.setdefault(id(m), message_record(m))
+                    for m in c["messages"]]
         tools = c.get("tools") or _tools_in(c["params"], cmeta, c.get("serialized")) or buf.get("tools") or []
         gens = c.get("generations") or []
         step = cmeta.get(keys.STEP)

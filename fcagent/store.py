@@ -272,7 +272,9 @@ class TraceStore:
     def flush(self) -> None:
         """Wait until every episode queued on this store is written (or its failure reported)."""
         writer = self._writer
-        if writer is not None and writer.pid == os.getpid() and threading.get_ident() != writer.ident:
+        if (writer is not None and writer.pid == os.getpid() and threading.get_ident() != writer.ident
+                and writer.queue.unfinished_tasks):
+            writer.queue.put(_WRITE_NOW)  # a lingering writer writes what it holds without waiting out LINGER_S
             writer.queue.join()
 
     def _settle(self) -> None:
@@ -574,6 +576,9 @@ class _QueuedEpisode(NamedTuple):
     done: Callable[..., None]
 
 
+_WRITE_NOW = object()  # queued by `flush()`: write what is held now
+
+
 class _EpisodeWriter:
     """A store's writer thread: takes what is queued, builds the traces, writes them in one transaction.
 
@@ -582,12 +587,16 @@ class _EpisodeWriter:
     already (its connection is shared under its lock), so the writer uses the caller's store object."""
 
     BATCH = 64  # episodes per transaction at most: a long queue still commits (and is readable) often
+    # After the first episode of a batch, wait this long for more: a commit costs more than building and
+    # inserting an episode, so episodes arriving close together share one (benchmarks/tracing.py).
+    # `flush()`, `close()` and every read through a store on the file end the wait at once.
+    LINGER_S = 0.05
     IDLE_S = 1.0  # an idle writer ends (a store no longer used is freed); the next episode starts another
 
     def __init__(self, store: TraceStore) -> None:
         self.store = store
         self.pid = os.getpid()
-        self.queue: queue.Queue[_QueuedEpisode | None] = queue.Queue()
+        self.queue: queue.Queue[_QueuedEpisode | object | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=f"fcagent-writer:{store.path.name}", daemon=True)
         self.thread.start()
         self.ident = self.thread.ident
@@ -607,14 +616,17 @@ class _EpisodeWriter:
                             self.store._writer = None
                         return
                 continue
-            batch = [first]  # what is queued now, up to BATCH, or up to a stop (None)
-            while len(batch) < self.BATCH and batch[-1] is not None:
+            # What comes within LINGER_S, up to BATCH, or up to a stop (None) or a flush (_WRITE_NOW).
+            batch = [first]
+            deadline = time.monotonic() + self.LINGER_S
+            while len(batch) < self.BATCH and isinstance(batch[-1], _QueuedEpisode):
+                left = deadline - time.monotonic()
                 try:
-                    batch.append(self.queue.get_nowait())
+                    batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
                 except queue.Empty:
                     break
             try:
-                self._write([job for job in batch if job is not None])
+                self._write([job for job in batch if isinstance(job, _QueuedEpisode)])
             finally:
                 for _ in batch:
                     self.queue.task_done()
@@ -703,13 +715,16 @@ def _trace_rows(trace: EpisodeTrace | dict[str, Any]) -> dict[str, Any]:
                _dumps(e.get("metadata") or {}), _dumps(e.get("tags") or []), _dumps(e.get("outputs") or {}),
                e.get("error"), (e.get("metadata") or {}).get(keys.DEDUPE))
     blobs: dict[str, str] = {}
+    digests: dict[int, str] = {}  # by record object: a message record shared by several calls is encoded once
     comps = []
     for c in trace.get("completions", []):
         hashes = []
         for m in c["messages"]:
-            body = _dumps(m)
-            digest = hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
-            blobs[digest] = body
+            digest = digests.get(id(m))
+            if digest is None:
+                body = _dumps(m)
+                digest = digests[id(m)] = hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+                blobs[digest] = body
             hashes.append(digest)
         comps.append((c["id"], c["episode_id"], c.get("parent_run_id"), c.get("seq", 0), c.get("model"),
                       c.get("protocol"), c.get("step"), c["context_hash"], "[]", _dumps(c.get("tools") or []),

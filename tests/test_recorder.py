@@ -1,4 +1,5 @@
 import json
+import sqlite3
 
 import pytest
 from langchain.agents import create_agent
@@ -252,6 +253,57 @@ def test_an_idle_writer_ends_and_the_next_episode_starts_another(tmp_path, monke
             writer.thread.join(timeout=5)
         assert store._writer is None  # nothing queued: the thread ended, the store can be freed
     assert store.count() == 2
+
+
+def test_episodes_close_together_share_a_commit_and_a_flush_does_not_wait_out_the_linger(tmp_path, monkeypatch):
+    import time
+
+    from fcagent import store as store_module
+
+    monkeypatch.setattr(store_module._EpisodeWriter, "LINGER_S", 30.0)  # longer than any test: only a flush ends it
+    batches: list[list[str]] = []
+    original = TraceStore.write_episodes
+
+    def counting(self, traces, **kw):
+        batches.append([t["episode"]["id"] for t in traces])
+        return original(self, traces, **kw)
+
+    monkeypatch.setattr(TraceStore, "write_episodes", counting)
+    recorder = TraceRecorder(tmp_path / "t.db")
+    for _ in range(3):  # one after the other, as an agent serving requests runs them
+        create_agent(scripted_agent_model(), [get_weather, convert]).invoke({"messages": [HumanMessage("Paris?")]}, {"callbacks": [recorder]})
+        time.sleep(0.05)
+    assert batches == []  # still lingering: nothing written yet
+    started = time.perf_counter()
+    assert TraceStore(tmp_path / "t.db").count() == 3  # a read through another store object ends the wait
+    assert time.perf_counter() - started < 5
+    assert len(batches) == 1 and len(batches[0]) == 3  # one transaction for the three
+    recorder.flush()
+    assert recorder.episodes_written == 3
+
+
+def test_a_long_episode_encodes_each_message_once(tmp_path, monkeypatch):
+    from fcagent import recorder as recorder_module
+
+    made = []
+    original = recorder_module.message_record
+    monkeypatch.setattr(recorder_module, "message_record", lambda m: made.append(m) or original(m))
+    steps = 12
+    model = ScriptedChatModel(responses=[
+        *[AIMessage(content="", tool_calls=[{"name": "get_weather", "args": {"city": f"c{i}"}, "id": f"w{i}"}])
+          for i in range(steps)], AIMessage(content="done")])
+    store = TraceStore(tmp_path / "t.db")
+    create_agent(model, [get_weather]).invoke({"messages": [HumanMessage("weather everywhere?")]},
+                                              {"callbacks": [TraceRecorder(store, background=False)]})
+    trace = next(store.traces())
+    assert len(trace.completions) == steps + 1
+    for i, comp in enumerate(trace.completions):  # every call's input is all that came before it, in order
+        assert [m.role for m in comp.messages] == ["user", *["assistant", "tool"] * i]
+        assert [c["args"]["city"] for m in comp.messages for c in (m.tool_calls or [])] == [f"c{j}" for j in range(i)]
+    # 1 question + 12 calls + 12 results as inputs, 13 replies: not the 1 + 3 + 5 + … of a record per input
+    assert len(made) == 1 + 2 * steps + (steps + 1)
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM message_blobs").fetchone()[0] == 1 + 2 * steps
 
 
 def test_raise_mode_writes_in_the_run(tmp_path):
