@@ -122,6 +122,9 @@ class TraceStore:
         self._lock = threading.RLock()
         self._writer_fd: tuple[int, int] | None = None  # (pid, fd) of the writer-queue lock file
         self._writer: _EpisodeWriter | None = None  # started by the first `write_episode_soon`
+        # Guards `_writer` only: queueing an episode must not wait for the connection's lock, which the
+        # writer thread holds through each transaction.
+        self._writer_lock = threading.Lock()
         self._file_key = os.path.realpath(self.path)  # the stores of this process on one file share queues
         self._conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
         try:
@@ -177,7 +180,7 @@ class TraceStore:
 
     def close(self) -> None:
         self.flush()
-        with self._lock:
+        with self._writer_lock:
             writer, self._writer = self._writer, None
         if writer is not None and writer.pid == os.getpid() and writer.thread.is_alive():
             writer.stop()
@@ -263,7 +266,7 @@ class TraceStore:
         Reads through any store of this process on the same file wait for its queued episodes first
         (read-your-writes, as with `write_episode`); `flush()` waits for them, `close()` and interpreter
         exit write them."""
-        with self._lock:
+        with self._writer_lock:
             if self._writer is None or self._writer.pid != os.getpid():  # a forked child starts its own
                 self._writer = _EpisodeWriter(self)
                 _QUEUED_ON.setdefault(self._file_key, weakref.WeakSet()).add(self)
@@ -272,10 +275,9 @@ class TraceStore:
     def flush(self) -> None:
         """Wait until every episode queued on this store is written (or its failure reported)."""
         writer = self._writer
-        if (writer is not None and writer.pid == os.getpid() and threading.get_ident() != writer.ident
-                and writer.queue.unfinished_tasks):
-            writer.queue.put(_WRITE_NOW)  # a lingering writer writes what it holds without waiting out LINGER_S
-            writer.queue.join()
+        if writer is not None and writer.pid == os.getpid() and threading.get_ident() != writer.ident:
+            with writer.hurried():
+                writer.queue.join()
 
     def _settle(self) -> None:
         # Every store of this process on this file: a read sees what was queued before it.
@@ -576,9 +578,6 @@ class _QueuedEpisode(NamedTuple):
     done: Callable[..., None]
 
 
-_WRITE_NOW = object()  # queued by `flush()`: write what is held now
-
-
 class _EpisodeWriter:
     """A store's writer thread: takes what is queued, builds the traces, writes them in one transaction.
 
@@ -588,45 +587,63 @@ class _EpisodeWriter:
 
     BATCH = 64  # episodes per transaction at most: a long queue still commits (and is readable) often
     # After the first episode of a batch, wait this long for more: a commit costs more than building and
-    # inserting an episode, so episodes arriving close together share one (benchmarks/tracing.py).
-    # `flush()`, `close()` and every read through a store on the file end the wait at once.
+    # inserting an episode, so episodes arriving close together share one, and queueing them meanwhile
+    # does not wake this thread (benchmarks/tracing.py). While anyone waits for the queue (`flush()`,
+    # `close()`, a read through any store on the file) there is no wait.
     LINGER_S = 0.05
     IDLE_S = 1.0  # an idle writer ends (a store no longer used is freed); the next episode starts another
 
     def __init__(self, store: TraceStore) -> None:
         self.store = store
         self.pid = os.getpid()
-        self.queue: queue.Queue[_QueuedEpisode | object | None] = queue.Queue()
+        self.queue: queue.Queue[_QueuedEpisode | None] = queue.Queue()
+        self._hurry = threading.Event()  # set while someone waits for the queue: no lingering
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"fcagent-writer:{store.path.name}", daemon=True)
         self.thread.start()
         self.ident = self.thread.ident
 
     def stop(self) -> None:
         self.queue.put(None)
-        self.thread.join()
+        with self.hurried():
+            self.thread.join()
+
+    @contextlib.contextmanager
+    def hurried(self) -> Iterator[None]:
+        """While inside, the writer writes what is queued at once (a lingering writer is woken)."""
+        with self._waiting_lock:
+            self._waiting += 1
+            self._hurry.set()
+        try:
+            yield
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._hurry.clear()
 
     def _run(self) -> None:
         while True:
             try:
                 first = self.queue.get(timeout=self.IDLE_S)
             except queue.Empty:
-                with self.store._lock:  # `write_episode_soon` queues under this lock: nothing slips in
+                with self.store._writer_lock:  # `write_episode_soon` queues under this lock: nothing slips in
                     if self.queue.empty():
                         if self.store._writer is self:
                             self.store._writer = None
                         return
                 continue
-            # What comes within LINGER_S, up to BATCH, or up to a stop (None) or a flush (_WRITE_NOW).
-            batch = [first]
-            deadline = time.monotonic() + self.LINGER_S
-            while len(batch) < self.BATCH and isinstance(batch[-1], _QueuedEpisode):
-                left = deadline - time.monotonic()
+            if first is not None:
+                self._hurry.wait(self.LINGER_S)
+            batch = [first]  # what is queued now, up to BATCH, or up to a stop (None)
+            while len(batch) < self.BATCH and batch[-1] is not None:
                 try:
-                    batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
+                    batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
             try:
-                self._write([job for job in batch if isinstance(job, _QueuedEpisode)])
+                self._write([job for job in batch if job is not None])
             finally:
                 for _ in batch:
                     self.queue.task_done()
