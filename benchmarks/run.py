@@ -61,6 +61,12 @@ def main() -> None:
                      f"{t['overhead_ms_per_event']['fcagent_writes_waited']:.3f} ms | fcagent-in-run "
                      f"{t['overhead_ms_per_event']['fcagent-in-run']:.3f} ms | "
                      f"{t['fcagent_writes_waited_as_fraction_of_fcagent-in-run']:.3f}x |")
+    if "cpu_overhead_ms_per_event" in t:
+        cpu = t["cpu_overhead_ms_per_event"]
+        for peer in ("langsmith", "langfuse", "fcagent-in-run"):
+            if peer in cpu:
+                lines.append(f"| tracing CPU per captured event (all threads, background sends waited for) | "
+                             f"{cpu['fcagent']:.3f} ms | {peer} {cpu[peer]:.3f} ms | {cpu['fcagent'] / cpu[peer]:.3f}x |")
     lines.append(f"| DPO tokens/s (135M, LoRA r=16, batch 2) | {d['fcagent']['tokens_per_second']:.0f} | "
                  f"TRL defaults {d['trl_defaults']['tokens_per_second']:.0f} | {d['speedup']:.2f}x |")
     lines.append(f"| DPO tokens/s as a fraction of the bf16 / fp32 matmul ceiling | "

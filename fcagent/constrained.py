@@ -28,8 +28,9 @@ BACKENDS: tuple[str, ...] = ("llguidance", "xgrammar")
 _ITEM_SEPARATOR, _KEY_SEPARATOR = ", ", ": "
 
 
-def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """JSON Schema of one call to one of `tools` (OpenAI-style function schemas)."""
+def call_schema(tools: list[dict[str, Any]], *, many: bool = False) -> dict[str, Any]:
+    """JSON Schema of one call to one of `tools` (OpenAI-style function schemas); `many=True`: one call,
+    or a list of calls (parallel calls, as `format_calls` writes them)."""
     options = []
     for tool in tools:
         fn = tool.get("function", tool)
@@ -41,7 +42,8 @@ def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
                         "required": ["name", "arguments"], "additionalProperties": False})
     if not options:
         raise UserError("constrained decoding needs at least one tool schema")
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    one = options[0] if len(options) == 1 else {"anyOf": options}
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]} if many else one
 
 
 class _Row:
@@ -104,12 +106,12 @@ class Constrainer:
             raise UserError(f"constrained decoding with `{backend}` needs it installed: "
                             f"pip install 'fcagent[constrained]' ({exc})") from exc
 
-    def _grammar(self, tools: list[dict[str, Any]]) -> Any:
-        key = json.dumps(tools, sort_keys=True, default=str)
+    def _grammar(self, tools: list[dict[str, Any]], many: bool) -> Any:
+        key = json.dumps([tools, many], sort_keys=True, default=str)
         if key in self._compiled:
             self._compiled.move_to_end(key)
             return self._compiled[key]
-        schema = call_schema(tools)
+        schema = call_schema(tools, many=many)
         if self.backend == "llguidance":
             import llguidance
 
@@ -130,9 +132,10 @@ class Constrainer:
             self._compiled.popitem(last=False)
         return grammar
 
-    def row(self, tools: list[dict[str, Any]], prefix: str = "") -> _Row:
-        """A fresh matcher for one reply that starts with `prefix` (already in the prompt)."""
-        grammar = self._grammar(tools)
+    def row(self, tools: list[dict[str, Any]], prefix: str = "", *, many: bool = False) -> _Row:
+        """A fresh matcher for one reply that starts with `prefix` (already in the prompt); `many`: the
+        reply may be a list of calls."""
+        grammar = self._grammar(tools, many)
         if self.backend == "llguidance":
             import llguidance
 
@@ -147,10 +150,10 @@ class Constrainer:
                 raise UserError(f"the response prefix {prefix!r} cannot start a call")
         return _Row(self.backend, matcher)
 
-    def accepts(self, tools: list[dict[str, Any]], text: str, *, complete: bool = True) -> bool:
-        """Whether `text` is one complete call the grammar for `tools` allows (`complete=False`: the
-        start of one, as a reply cut at its token limit is)."""
-        m = self.row(tools).matcher
+    def accepts(self, tools: list[dict[str, Any]], text: str, *, complete: bool = True, many: bool = False) -> bool:
+        """Whether `text` is one complete call (`many`: or a list of calls) the grammar for `tools` allows
+        (`complete=False`: the start of one, as a reply cut at its token limit is)."""
+        m = self.row(tools, many=many).matcher
         if self.backend == "llguidance":
             return bool(m.consume_tokens(self._ll.tokenize_str(text)) and (m.is_accepting() or not complete))
         return bool(m.accept_string(text) and (m.is_completed() or not complete))

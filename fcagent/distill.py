@@ -142,6 +142,8 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     student_kwargs: dict[str, Any] = {"max_new_tokens": t.max_new_tokens}
     if settings.response_prefix and t.one_call_replies:
         student_kwargs["response_prefix"] = settings.response_prefix
+    if not t.one_call_replies:  # parallel calls: a grammar (`--constrain`) that allows a list of them
+        student_kwargs["constrain_calls"] = "many"
     student_model = None
 
     def student_chat():

@@ -93,6 +93,7 @@ class DecodeSettings:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     constrain: str | None = None  # the grammar backend, for requests that have tools
+    constrain_calls: str = "one"  # the grammar allows one call a reply, or `many` (a list: parallel calls)
     prefix: str = ""  # the reply is forced to start with this (it is part of the prompt)
     stop_at_call_end: bool = True
 
@@ -201,7 +202,8 @@ class Generator:
         tools = [r.tools for r in requests]
         if settings.constrain and any(tools):
             constrainer = self.constrainer(settings.constrain)  # type: ignore[misc]
-            rows = [constrainer.row(t, settings.prefix) for t, n in zip(tools, ns) for _ in range(n)]
+            many = settings.constrain_calls == "many"
+            rows = [constrainer.row(t, settings.prefix, many=many) for t, n in zip(tools, ns) for _ in range(n)]
             gen["logits_processor"] = [constrainer.processor(rows, width)]
             if settings.temperature > 0:
                 # generate() runs custom processors after its own warpers; a top-k cut made before the

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -96,6 +96,9 @@ class LocalChatModel(BaseChatModel):
     constrain: str | None = Field(default=None, description="Grammar-constrained decoding backend "
                                   "(`llguidance` or `xgrammar`): a reply given tools is always one schema-valid "
                                   "call. None: unconstrained.")
+    constrain_calls: Literal["one", "many"] = Field(
+        default="one", description="What the call grammar allows a reply: `one` call, or `many` (one call or a list "
+        "of calls, for parallel calling: BFCL's parallel categories).")
     hf_model: Any = Field(default=None, exclude=True)
     tokenizer: Any = Field(default=None, exclude=True)
     # Shared by model_copy()s (a shallow copy): one model in memory, one queue, one prompt cache.
@@ -175,6 +178,7 @@ class LocalChatModel(BaseChatModel):
             max_new_tokens=int(kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))),
             stop=tuple(dict.fromkeys([*(stop or []), *self.stop_sequences])),
             seed=kwargs.get("seed", self.seed), constrain=self.constrain if grammar else None,
+            constrain_calls=self.constrain_calls,
             prefix=self.response_prefix, stop_at_call_end=self.stop_at_call_end)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,

@@ -70,6 +70,45 @@ def test_call_grammar_accepts_exactly_the_calls_the_tools_define(smol_dir, backe
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_many_calls_grammar_also_takes_a_list_of_calls(smol_dir, backend):
+    """BFCL's parallel categories answer with several calls in one reply: `format_calls` writes a list."""
+    from transformers import AutoTokenizer
+
+    from fcagent.calls import Call, format_calls
+
+    grammar = Constrainer(AutoTokenizer.from_pretrained(smol_dir), backend)
+    tools = [AREA, FLIGHT]
+    two = format_calls([Call(name="circle_area", args={"radius": 2}), Call(name="book_flight",
+                                                                          args={"origin": "Oslo", "seats": 2})])
+    one = format_calls([Call(name="circle_area", args={"radius": 2})])
+    assert two.startswith("[") and grammar.accepts(tools, two, many=True) and grammar.accepts(tools, one, many=True)
+    assert not grammar.accepts(tools, two)  # one call a reply, by default
+    assert not grammar.accepts(tools, "[]", many=True)  # a list holds at least one call
+    bad = format_calls([Call(name="circle_area", args={"radius": 2}), Call(name="circle_area", args={"radius": "2"})])
+    assert not grammar.accepts(tools, bad, many=True)  # every call in the list is checked
+
+
+def test_a_many_calls_model_decodes_schema_valid_calls(tiny_model_dir, smol_dir):
+    from transformers import AutoTokenizer
+
+    model = load_chat_model(f"{tiny_model_dir}?constrain=llguidance&constrain_calls=many", max_new_tokens=96)
+    assert model.constrain_calls == "many"
+    grammar = Constrainer(AutoTokenizer.from_pretrained(smol_dir), "llguidance")
+    unconstrained = load_chat_model(str(tiny_model_dir), max_new_tokens=96)
+    question = [HumanMessage("kitchen light on, fan to two")]
+    assert not grammar.accepts([LIGHT, FAN], assistant_text(unconstrained.bind_tools([LIGHT, FAN]).invoke(question)),
+                               complete=False, many=True)  # on its own the random model writes no call
+    for g in model.generate([question], tools=[LIGHT, FAN], n=4, temperature=1.0).generations[0]:
+        text, stopped = assistant_text(g.message), g.message.response_metadata["finish_reason"] != "length"
+        assert grammar.accepts([LIGHT, FAN], text, complete=stopped, many=True), text  # a list may run to the limit
+        if stopped:
+            calls = parse_calls(text)
+            assert calls and all(calls_error([{"name": c.name, "args": c.args}], [LIGHT, FAN]) is None for c in calls)
+    with pytest.raises(UserError, match="constrain_calls"):
+        load_chat_model(f"{tiny_model_dir}?constrain=llguidance&constrain_calls=several")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_constrained_replies_are_schema_valid_calls(tiny_model_dir, backend):
     model = load_chat_model(str(tiny_model_dir), max_new_tokens=64, constrain=backend, response_prefix='{"name": "')
     unconstrained = load_chat_model(str(tiny_model_dir), max_new_tokens=64, response_prefix='{"name": "')
