@@ -142,8 +142,6 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     student_kwargs: dict[str, Any] = {"max_new_tokens": t.max_new_tokens}
     if settings.response_prefix and t.one_call_replies:
         student_kwargs["response_prefix"] = settings.response_prefix
-    if not t.one_call_replies:  # parallel calls: a grammar (`--constrain`) that allows a list of them
-        student_kwargs["constrain_calls"] = "many"
     student_model = None
 
     def student_chat():
@@ -254,8 +252,9 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     # 5. Everyone on the same held-out problems, through the same graph.
     models = {"base": student, **{m: str(p) for m, p in runs.items()}}
     if settings.constrain:
-        models |= {f"{name}+{settings.constrain}": f"{spec}?constrain={settings.constrain}"
-                   for name, spec in list(models.items())}
+        # Parallel replies (BFCL's parallel categories) are lists of calls: a grammar that allows them.
+        grammar = f"constrain={settings.constrain}" + ("" if t.one_call_replies else "&constrain_calls=many")
+        models |= {f"{name}+{settings.constrain}": f"{spec}?{grammar}" for name, spec in list(models.items())}
     # The SFT student after each earlier epoch (its last epoch is `sft` itself): the learning curve.
     epochs = sorted((p for p in (out / "runs" / "sft" / "epochs").glob("*") if (p / RUN_MANIFEST).exists()),
                     key=lambda p: int(p.name)) if "sft" in runs else []
