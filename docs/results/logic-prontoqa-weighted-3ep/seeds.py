@@ -72,7 +72,7 @@ for i, a in enumerate(seeds):
 wrong = {p: [s for s in seeds if not by_seed[s][p]["success"]] for p in ids}
 wrong = {p: s for p, s in wrong.items() if s}
 lines += ["", "Problems some seed got wrong (its answer):", ""]
-lines += [f"- `{p}`: " + ", ".join(f"seed {s} said {by_seed[s][p].get('final_answer')} ({by_seed[s][p]['reason']})" for s in ss)
+lines += [f"- `{p}`: " + ", ".join(f"seed {s}: {by_seed[s][p]['reason']}" for s in ss)
           for p, ss in sorted(wrong.items())] or ["- none"]
 (HERE / "seeds.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
