@@ -6,6 +6,7 @@ only complete episodes, and `resume=True` skips the problems already complete fo
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -30,40 +31,42 @@ def harvest(*, task: str, teacher: str = "reference", samples: int = 1, temperat
     if teacher == "reference" and model is None:  # the reference teacher can only replay gold chains
         problems = [p for p in problems if p.gold_chain is not None]
     trace_store = open_store(store)
-    skipped = 0
-    if resume:
-        done = trace_store.completed_problems(task=t.name, model=teacher)
-        skipped = sum(p.id in done for p in problems)
-        problems = [p for p in problems if p.id not in done]
-    chat = model if model is not None else resolve_model(teacher, problems)
-    chat = with_sampling(chat, samples=samples, temperature=temperature if samples > 1 else None)
-    solved = 0
-    bar = None
-    if progress is not None:
-        progress.start()
-        bar = progress.add_task(f"harvest {t.spec}", total=len(problems), status="")
-
-    def tick(problem, result) -> None:
-        nonlocal solved
-        solved += result.success
-        if bar is not None:
-            progress.update(bar, advance=1, status=f"solved {solved}")
-
-    metadata = {keys.MODEL: teacher, keys.ROLE: role, keys.SAMPLES: samples}
-    recorder = TraceRecorder(trace_store, on_write_error="report", **metadata)
-    try:
-        run_problems(chat, t, problems, protocol=protocol, concurrency=concurrency, metadata=metadata,
-                     on_result=tick, recorder=recorder, dedupe=resume)
-    finally:
+    # A store opened here is closed here: its writes are on disk and its WAL folded into the file.
+    with contextlib.closing(trace_store) if not isinstance(store, TraceStore) else contextlib.nullcontext():
+        skipped = 0
+        if resume:
+            done = trace_store.completed_problems(task=t.name, model=teacher)
+            skipped = sum(p.id in done for p in problems)
+            problems = [p for p in problems if p.id not in done]
+        chat = model if model is not None else resolve_model(teacher, problems)
+        chat = with_sampling(chat, samples=samples, temperature=temperature if samples > 1 else None)
+        solved = 0
+        bar = None
         if progress is not None:
-            progress.stop()
-    summary = {"task": t.spec, "teacher": teacher, "split": split, "ran": len(problems), "skipped": skipped,
-               "solved": solved, "stored": recorder.episodes_written, "already_stored": recorder.episodes_present,
-               "store": str(trace_store.path)}
-    if recorder.write_errors:
-        shown = "; ".join(str(e) for e in recorder.write_errors[:3])
-        raise RunFailure(f"{len(recorder.write_errors)} of {len(problems)} episodes were NOT stored in "
-                         f"{trace_store.path} ({shown}{' ...' if len(recorder.write_errors) > 3 else ''}); "
-                         f"{recorder.episodes_written} were. Run again with --resume once the cause is fixed.",
-                         evidence=summary)
-    return summary
+            progress.start()
+            bar = progress.add_task(f"harvest {t.spec}", total=len(problems), status="")
+
+        def tick(problem, result) -> None:
+            nonlocal solved
+            solved += result.success
+            if bar is not None:
+                progress.update(bar, advance=1, status=f"solved {solved}")
+
+        metadata = {keys.MODEL: teacher, keys.ROLE: role, keys.SAMPLES: samples}
+        recorder = TraceRecorder(trace_store, on_write_error="report", **metadata)
+        try:
+            run_problems(chat, t, problems, protocol=protocol, concurrency=concurrency, metadata=metadata,
+                         on_result=tick, recorder=recorder, dedupe=resume)
+        finally:
+            if progress is not None:
+                progress.stop()
+        summary = {"task": t.spec, "teacher": teacher, "split": split, "ran": len(problems), "skipped": skipped,
+                   "solved": solved, "stored": recorder.episodes_written, "already_stored": recorder.episodes_present,
+                   "store": str(trace_store.path)}
+        if recorder.write_errors:
+            shown = "; ".join(str(e) for e in recorder.write_errors[:3])
+            raise RunFailure(f"{len(recorder.write_errors)} of {len(problems)} episodes were NOT stored in "
+                             f"{trace_store.path} ({shown}{' ...' if len(recorder.write_errors) > 3 else ''}); "
+                             f"{recorder.episodes_written} were. Run again with --resume once the cause is fixed.",
+                             evidence=summary)
+        return summary

@@ -586,10 +586,11 @@ class _EpisodeWriter:
     already (its connection is shared under its lock), so the writer uses the caller's store object."""
 
     BATCH = 64  # episodes per transaction at most: a long queue still commits (and is readable) often
-    # After the first episode of a batch, wait this long for more: a commit costs more than building and
-    # inserting an episode, so episodes arriving close together share one, and queueing them meanwhile
-    # does not wake this thread (benchmarks/tracing.py). While anyone waits for the queue (`flush()`,
-    # `close()`, a read through any store on the file) there is no wait.
+    # While episodes keep coming (the last batch was written under LINGER_S ago), wait this long after
+    # the first of a batch for more: a commit costs more than building and inserting an episode, so
+    # episodes arriving close together share one, and queueing them meanwhile does not wake this thread
+    # (benchmarks/tracing.py). An episode after a quiet spell is written at once, as is everything while
+    # anyone waits for the queue (`flush()`, `close()`, a read through any store on the file).
     LINGER_S = 0.05
     IDLE_S = 1.0  # an idle writer ends (a store no longer used is freed); the next episode starts another
 
@@ -598,6 +599,7 @@ class _EpisodeWriter:
         self.pid = os.getpid()
         self.queue: queue.Queue[_QueuedEpisode | None] = queue.Queue()
         self._hurry = threading.Event()  # set while someone waits for the queue: no lingering
+        self._last_write = -float("inf")  # time.monotonic() when the last batch was written
         self._waiting = 0
         self._waiting_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"fcagent-writer:{store.path.name}", daemon=True)
@@ -634,7 +636,7 @@ class _EpisodeWriter:
                             self.store._writer = None
                         return
                 continue
-            if first is not None:
+            if first is not None and time.monotonic() - self._last_write < self.LINGER_S:
                 self._hurry.wait(self.LINGER_S)
             batch = [first]  # what is queued now, up to BATCH, or up to a stop (None)
             while len(batch) < self.BATCH and batch[-1] is not None:
@@ -645,6 +647,7 @@ class _EpisodeWriter:
             try:
                 self._write([job for job in batch if job is not None])
             finally:
+                self._last_write = time.monotonic()
                 for _ in batch:
                     self.queue.task_done()
             if batch[-1] is None:

@@ -255,29 +255,39 @@ def test_an_idle_writer_ends_and_the_next_episode_starts_another(tmp_path, monke
     assert store.count() == 2
 
 
-def test_episodes_close_together_share_a_commit_and_a_flush_does_not_wait_out_the_linger(tmp_path, monkeypatch):
+def test_episodes_close_together_share_a_commit_and_a_read_does_not_wait_out_the_linger(tmp_path, monkeypatch):
     import time
 
     from fcagent import store as store_module
 
-    monkeypatch.setattr(store_module._EpisodeWriter, "LINGER_S", 30.0)  # longer than any test: only a flush ends it
-    batches: list[list[str]] = []
+    monkeypatch.setattr(store_module._EpisodeWriter, "LINGER_S", 30.0)  # longer than any test: only a read ends it
+    batches: list[int] = []
     original = TraceStore.write_episodes
 
     def counting(self, traces, **kw):
-        batches.append([t["episode"]["id"] for t in traces])
+        batches.append(len(traces))
         return original(self, traces, **kw)
 
     monkeypatch.setattr(TraceStore, "write_episodes", counting)
     recorder = TraceRecorder(tmp_path / "t.db")
-    for _ in range(3):  # one after the other, as an agent serving requests runs them
-        create_agent(scripted_agent_model(), [get_weather, convert]).invoke({"messages": [HumanMessage("Paris?")]}, {"callbacks": [recorder]})
-        time.sleep(0.05)
-    assert batches == []  # still lingering: nothing written yet
+
+    def run_agent() -> None:
+        create_agent(scripted_agent_model(), [get_weather, convert]).invoke({"messages": [HumanMessage("Paris?")]},
+                                                                           {"callbacks": [recorder]})
+
+    run_agent()
+    deadline = time.monotonic() + 10
+    while not batches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batches == [1]  # the first episode after a quiet spell is written at once
+    run_agent()
+    run_agent()  # these two come while episodes keep coming: the writer waits for more
+    time.sleep(0.2)
+    assert batches == [1]
     started = time.perf_counter()
     assert TraceStore(tmp_path / "t.db").count() == 3  # a read through another store object ends the wait
     assert time.perf_counter() - started < 5
-    assert len(batches) == 1 and len(batches[0]) == 3  # one transaction for the three
+    assert batches == [1, 2]  # the two in one transaction
     recorder.flush()
     assert recorder.episodes_written == 3
 

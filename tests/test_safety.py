@@ -33,6 +33,17 @@ def _harvested(tmp_path, n=6) -> Path:
 # --- data loss -----------------------------------------------------------------------------------
 
 
+def test_a_harvest_leaves_its_episodes_in_the_store_file_itself(tmp_path):
+    """harvest closes the store it opened: nothing left only in the WAL, so copying the file copies them."""
+    import shutil
+
+    db = _harvested(tmp_path, 3)
+    copy = tmp_path / "copy" / "t.db"
+    copy.parent.mkdir()
+    shutil.copy(db, copy)  # the file alone, as a user copying `traces.db` would
+    assert TraceStore(copy).count() == 3
+
+
 def test_traces_export_never_writes_over_the_store_or_an_existing_file(tmp_path):
     db = _harvested(tmp_path, 2)
     for target in (db, Path(f"{db}-wal")):

@@ -95,5 +95,10 @@ def test_the_own_agent_graph_escalates_and_records(dev_server):
     assert final["messages"][-1]["type"] == "ai" and tokens
     assert final.get("fcagent_episode_id")
     store = TraceStore(work / "studio.db")
-    episodes = {e.id: e for e in store.episodes()}
+    # The server process writes its episodes on its own writer thread: another process sees them once
+    # committed (a read waits only for queues of its own process), so poll briefly.
+    deadline = time.monotonic() + 10
+    while final["fcagent_episode_id"] not in (episodes := {e.id: e for e in store.episodes()}) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert final["fcagent_episode_id"] in episodes, (final["fcagent_episode_id"], [(e.id, e.name) for e in episodes.values()])
