@@ -173,8 +173,7 @@ def episode_from_buffer(buf: dict[str, Any]) -> dict[str, Any]:
     for seq, c in enumerate(buf["completions"]):
         cmeta = c.get("metadata") or {}
         protocol = cmeta.get(keys.PROTOCOL)
-        messages = [records[id(m)] if id(m) in records else records.setdefault(id(m), message_record(m))
-                    for m in c["messages"]]
+        messages = [records.get(id(m)) or records.setdefault(id(m), message_record(m)) for m in c["messages"]]
         tools = c.get("tools") or _tools_in(c["params"], cmeta, c.get("serialized")) or buf.get("tools") or []
         gens = c.get("generations") or []
         step = cmeta.get(keys.STEP)
