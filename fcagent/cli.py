@@ -77,6 +77,11 @@ class ReplayStudent(str, Enum):
     base = "base"
 
 
+class ReplaySteps(str, Enum):
+    every = "every"
+    final = "final"
+
+
 class Backend(str, Enum):
     llguidance = "llguidance"
     xgrammar = "xgrammar"
@@ -476,6 +481,8 @@ def replay_cmd(student: Annotated[str, typer.Option(help="Student model spec (a 
                samples: Annotated[int, typer.Option(min=1, max=64, help="Candidates per context.")] = 4,
                temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.8,
                limit: Annotated[Optional[int], typer.Option(min=1, help="Contexts to replay (default: all).")] = None,
+               steps: Annotated[ReplaySteps, typer.Option(help="Replay every teacher model call, or each episode's final one.")] = ReplaySteps.every,
+               seed: Annotated[Optional[int], typer.Option(min=0, help="Sampling seed (reproducible candidates).")] = None,
                data_dir: DataOpt = None) -> None:
     """Replay good teacher contexts through the student and record its failures (teacher-vs-student pairs)."""
     from fcagent.models import load_chat_model
@@ -486,7 +493,7 @@ def replay_cmd(student: Annotated[str, typer.Option(help="Student model spec (a 
     t = get_task(task, data_dir=_data_dir(data_dir))
     model = load_chat_model(student, max_new_tokens=t.max_new_tokens)
     console.print(replay(trace_store, model, student_name=student, task=task, samples=samples, temperature=temperature,
-                         limit=limit, data_dir=data_dir, progress=_progress()))
+                         limit=limit, steps=steps.value, seed=seed, data_dir=data_dir, progress=_progress()))
 
 
 @app.command("eval")
@@ -537,6 +544,7 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             train_problems: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's teacher problem count.")] = None,
             replay_contexts: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's replayed teacher contexts.")] = None,
             replay_student: Annotated[Optional[ReplayStudent], typer.Option(help="Who samples the negatives: `sft` (the SFT student, on-policy for the warm-started methods) or `base`.")] = None,
+            replay_steps: Annotated[Optional[ReplaySteps], typer.Option(help="Override the preset's replayed steps: every teacher model call, or each episode's final one.")] = None,
             constrain: Annotated[Optional[Backend], typer.Option(help="Also evaluate every student with grammar-constrained decoding.")] = None,
             seed: Annotated[Optional[int], typer.Option(min=0, help="Training seed of every method (LoRA init, batch order); one run folder per seed.")] = None,
             sft_epochs: Annotated[Optional[float], typer.Option(min=0.01, max=1000, help="Override the preset's SFT epochs.")] = None,
@@ -551,7 +559,7 @@ def distill(task: TaskOpt = "bfcl:simple_python",
         methods = [baseline.value, *methods]
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in {
         "test_problems": test_problems, "train_problems": train_problems, "replay_contexts": replay_contexts,
-        "replay_student": replay_student, "constrain": constrain}.items() if v is not None}
+        "replay_student": replay_student, "replay_steps": replay_steps, "constrain": constrain}.items() if v is not None}
     chosen = PRESETS[preset.value].overridden(overrides, seed=seed, sft_epochs=sft_epochs,
                                               last_turn_weight=last_turn_weight)
     report = run_distill(task=task, teacher=teacher, student=student, out=out, preset=chosen, methods=methods,

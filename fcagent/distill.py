@@ -41,6 +41,9 @@ class DistillPreset(BaseModel):
     samples: int = Field(description="Student candidates per teacher context (on-policy negatives).", ge=1)
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     replay_contexts: int | None = Field(None, ge=1, description="Teacher contexts replayed (None: all).")
+    replay_steps: Literal["every", "final"] = Field(
+        "every", description="Which teacher contexts the student replays: every model call, or each episode's "
+        "final one (where the student errs only in its conclusion, the rest yield no negatives).")
     methods: list[Method] = Field(description="Training methods; `sft` is the baseline.")
     sft: TrainSettings = Field(description="The SFT baseline's training (and the warm start of sft-dpo/sft-rpo).")
     preference: TrainSettings = Field(
@@ -212,7 +215,8 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
         # (An SFT-only run skips both: sampling every train context is the costliest stage after training.)
         timed("replay", lambda: replay(store, replayer(), student_name=replayer_name, task=task,
                                        samples=settings.samples, temperature=settings.temperature,
-                                       limit=settings.replay_contexts, data_dir=data_dir, progress=progress()))
+                                       limit=settings.replay_contexts, steps=settings.replay_steps,
+                                       seed=settings.preference.seed, data_dir=data_dir, progress=progress()))
     if needs_pairs or "sft" not in runs:
         # An export that made no pairs because of an error is tried again (after a fix, or more replay),
         # and so is one an SFT-only run made without pairs, once a method needs them.
@@ -243,7 +247,8 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
         timed(f"replay-r{r}", lambda previous=previous: replay(
             store, load_chat_model(str(previous), **student_kwargs), student_name=str(previous), task=task,
             samples=settings.samples, temperature=settings.temperature, limit=settings.replay_contexts,
-            data_dir=data_dir, progress=progress()))
+            steps=settings.replay_steps, seed=settings.preference.seed + 1000 * (r - 1), data_dir=data_dir,
+            progress=progress()))
         timed(f"export-r{r}", lambda r=r: export_stage(f"data-r{r}"))
         run_dir = out / "runs" / f"{method}-r{r}"
         timed(f"train-{method}-r{r}", lambda method=method, r=r, run_dir=run_dir: train_stage(method, f"data-r{r}", run_dir))

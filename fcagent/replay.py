@@ -5,17 +5,23 @@ candidates from that exact context (one shared prompt pass). Each candidate is l
 (parse error, unknown function, schema-invalid) → bad; for tasks whose calls are checked rather
 than run (BFCL) the task's checker decides; otherwise the same call as the teacher → good, another
 call → bad ("diverges from the reference"). The exporter turns these into teacher-vs-student pairs.
+
+`steps="final"` replays only each teacher episode's last model call (the one that gave the answer):
+where the student already follows the procedure and errs only in its conclusion (ProntoQA's SFT
+student: every intermediate call the teacher's, the answer a constant), the other steps' samples all
+match the teacher and sampling them is wasted time.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 
 from fcagent import keys
 from fcagent.calls import Call
+from fcagent.errors import UserError
 from fcagent.export import candidate_identity, structural_error
 from fcagent.prompting import restyle
 from fcagent.records import to_langchain
@@ -28,13 +34,22 @@ __all__ = ["replay", "REPLAY_ROLE"]
 REPLAY_ROLE = keys.Role.STUDENT_REPLAY.value
 
 def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str, task: str | None = None,
-           samples: int = 4, temperature: float = 0.8, limit: int | None = None, data_dir: Any = None,
+           samples: int = 4, temperature: float = 0.8, limit: int | None = None,
+           steps: Literal["every", "final"] = "every", seed: int | None = None, data_dir: Any = None,
            progress: Any = None) -> dict[str, Any]:
+    """Sample `samples` candidates from the student on each good teacher context (`steps`: every model
+    call, or each episode's last) and label them. `seed` makes the sampling reproducible (context k
+    samples with seed + k); None leaves it to torch's global generator."""
+    if steps not in ("every", "final"):
+        raise UserError(f"`steps` must be every or final, got {steps!r}")
     trace_store = open_store(store)
     checker = get_task(task, data_dir=data_dir) if task else None
     problems = {p.id: p for p in checker.load()} if checker is not None and not checker.execute else {}
     family = task.split(":")[0] if task else None
     rows = trace_store.good_teacher_calls(task=family)
+    if steps == "final":
+        last = {r["episode_id"]: r["id"] for r in rows}  # rows come in episode order, calls in sequence
+        rows = [r for r in rows if last[r["episode_id"]] == r["id"]]
     done = trace_store.contexts_answered_by(student_name, REPLAY_ROLE)
     contexts, seen = [], set(done)
     for r in rows:
@@ -49,7 +64,7 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
         bar = progress.add_task("replay student", total=len(contexts), status="")
     good = bad = 0
     try:
-        for ctx in contexts:
+        for k, ctx in enumerate(contexts):
             messages = [to_langchain(m) for m in ctx["messages"]]
             tools = json.loads(ctx["tools"])
             teacher_candidate = json.loads(ctx["candidates"])[0]
@@ -62,6 +77,8 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
                 messages = restyle(messages, parts, tools, style)
                 meta[keys.PROMPT] = {**parts, "style": style if style == "compact" else parts.get("style", "examples")}
             kwargs: dict[str, Any] = {"n": samples, "temperature": temperature}
+            if seed is not None:
+                kwargs["seed"] = seed + k
             if ctx["protocol"] == "native" and tools:
                 kwargs["tools"] = tools
             else:

@@ -465,7 +465,7 @@ class TraceStore:
         where, params = ("AND e.task = ?", (task,)) if task else ("", ())
         rows = list(self._query(f"""
             SELECT c.id, c.context_hash, c.protocol, c.messages, c.message_hashes, c.tools, c.candidates,
-                   c.prompt, e.task, e.problem_id, e.split
+                   c.prompt, c.episode_id, e.task, e.problem_id, e.split
             FROM completions c JOIN episodes e ON e.id = c.episode_id
             WHERE e.status = 'complete'
               AND COALESCE(json_extract(e.metadata, '$.{keys.ROLE}'), '') NOT IN {keys.sql_list(keys.STUDENT_ROLES)}

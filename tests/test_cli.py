@@ -73,6 +73,7 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
 def test_distill_rejects_bad_overrides_before_any_work(tmp_path):
     for args, expected in ((["--preset", "huge"], "'huge' is not one of 'quick', 'full'"),
                            (["--replay-student", "nobody"], "--replay-student"),
+                           (["--replay-steps", "last"], "--replay-steps"),
                            (["--test-problems", "many"], "Invalid value"),
                            (["--constrain", "outlines"], "constrain"),
                            (["--last-turn-weight", "0.5"], "--last-turn-weight"),

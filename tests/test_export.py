@@ -87,6 +87,62 @@ def test_teacher_student_pairs_from_replayed_student_failures(tmp_path):
     assert replay(store, student, student_name="scripted-student")["contexts"] == 0  # resumable: nothing twice
 
 
+class RecordingSampler(SampledModel):
+    """SampledModel that notes the history length and sampling kwargs of every call."""
+
+    asked: list = []
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.asked.append((sum(isinstance(m, AIMessage) for m in messages), kwargs.get("seed")))
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def test_replay_of_final_steps_only_and_seeded(tmp_path):
+    from fcagent.errors import UserError
+    from fcagent.replay import replay
+
+    store = TraceStore(tmp_path / "t.db")
+    task = get_task("math")
+    problems = [p for p in task.load(limit=50) if p.split == "train" and len(p.gold_chain) > 1][:2]
+    for problem in problems:
+        run(store, ReferenceTeacher(problems=problems), task, problem)
+    student = RecordingSampler(native=False, responses=["x"], samples=["the answer is 3"], asked=[])
+    info = replay(store, student, student_name="s", samples=2, steps="final", seed=5)
+    # one context per teacher episode: its last call, after the rest of the chain
+    assert info["contexts"] == 2
+    assert student.asked == [(len(problems[0].gold_chain) - 1, 5), (len(problems[1].gold_chain) - 1, 6)]
+    every = RecordingSampler(native=False, responses=["x"], samples=["the answer is 3"], asked=[])
+    assert replay(store, every, student_name="t", samples=2)["contexts"] == sum(len(p.gold_chain) for p in problems)
+    assert {seed for _, seed in every.asked} == {None}
+    with pytest.raises(UserError, match="`steps`"):
+        replay(store, every, student_name="u", steps="last")
+
+
+def test_seeded_replay_on_a_local_model_repeats_its_candidates(tmp_path, tiny_model_dir):
+    import shutil
+
+    from fcagent import load_chat_model
+    from fcagent.replay import replay
+
+    task, problem = math_problem()
+    store = TraceStore(tmp_path / "t.db")
+    run(store, ReferenceTeacher(problems=[problem]), task, problem)
+    store.close()
+    student = load_chat_model(str(tiny_model_dir), max_new_tokens=8)
+
+    def candidates(seed, name):
+        copy = tmp_path / f"{name}.db"
+        shutil.copy(tmp_path / "t.db", copy)
+        with TraceStore(copy) as s:
+            replay(s, student, student_name="tiny", samples=3, temperature=1.0, steps="final", seed=seed)
+            replayed = [e for e in s.episodes() if e.metadata.get("fcagent_role") == "student-replay"]
+            return [c.message.content for c in s.trace(replayed[0].id).completions[0].candidates]
+
+    first, again, other = candidates(11, "a"), candidates(11, "b"), candidates(12, "c")
+    assert first == again and len(set(first)) > 1  # sampled, and reproducible
+    assert other != first
+
+
 def test_eval_split_never_exported(tmp_path):
     store = TraceStore(tmp_path / "t.db")
     task = get_task("math")
