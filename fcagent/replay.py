@@ -51,11 +51,13 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
         last = {r["episode_id"]: r["id"] for r in rows}  # rows come in episode order, calls in sequence
         rows = [r for r in rows if last[r["episode_id"]] == r["id"]]
     done = trace_store.contexts_answered_by(student_name, REPLAY_ROLE)
-    contexts, seen = [], set(done)
+    unique, seen = [], set()
     for r in rows:
         if r["context_hash"] not in seen:
             seen.add(r["context_hash"])
-            contexts.append(r)
+            unique.append(r)
+    # k, the context's place among all of them, seeds its sampling: a resumed replay samples as an unbroken one
+    contexts = [(k, r) for k, r in enumerate(unique) if r["context_hash"] not in done]
     contexts = contexts[:limit] if limit else contexts
     recorder = TraceRecorder(trace_store)
     bar = None
@@ -64,7 +66,7 @@ def replay(store: str | TraceStore, student: BaseChatModel, *, student_name: str
         bar = progress.add_task("replay student", total=len(contexts), status="")
     good = bad = 0
     try:
-        for k, ctx in enumerate(contexts):
+        for k, ctx in contexts:
             messages = [to_langchain(m) for m in ctx["messages"]]
             tools = json.loads(ctx["tools"])
             teacher_candidate = json.loads(ctx["candidates"])[0]

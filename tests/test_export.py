@@ -107,9 +107,12 @@ def test_replay_of_final_steps_only_and_seeded(tmp_path):
     for problem in problems:
         run(store, ReferenceTeacher(problems=problems), task, problem)
     student = RecordingSampler(native=False, responses=["x"], samples=["the answer is 3"], asked=[])
-    info = replay(store, student, student_name="s", samples=2, steps="final", seed=5)
-    # one context per teacher episode: its last call, after the rest of the chain
-    assert info["contexts"] == 2
+    info = replay(store, student, student_name="s", samples=2, steps="final", seed=5, limit=1)
+    assert info["contexts"] == 1
+    info = replay(store, student, student_name="s", samples=2, steps="final", seed=5)  # resumed
+    # one context per teacher episode: its last call, after the rest of the chain; the resumed
+    # replay seeds its context as the unbroken one would have
+    assert info["contexts"] == 1 and info["skipped_already_replayed"] == 1
     assert student.asked == [(len(problems[0].gold_chain) - 1, 5), (len(problems[1].gold_chain) - 1, 6)]
     every = RecordingSampler(native=False, responses=["x"], samples=["the answer is 3"], asked=[])
     assert replay(store, every, student_name="t", samples=2)["contexts"] == sum(len(p.gold_chain) for p in problems)
