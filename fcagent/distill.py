@@ -244,6 +244,7 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
             break
         method = preference[-1]
         previous = runs[method if r == 2 else f"{method}-r{r - 1}"]
+        # Each round re-samples the same contexts: its own seeds, or it would draw the same noise again.
         timed(f"replay-r{r}", lambda previous=previous: replay(
             store, load_chat_model(str(previous), **student_kwargs), student_name=str(previous), task=task,
             samples=settings.samples, temperature=settings.temperature, limit=settings.replay_contexts,
