@@ -10,9 +10,10 @@
 # in the answer. Methods: `sft-chosen` (the matched-compute control) and `sft-dpo`; `sft-rpo` was
 # left out to fit the session (the BFCL seeds have it).
 #
-# Measured 2026-11-26 with the three seeds run side by side, each `OMP_NUM_THREADS=1` (on 2 cores two
-# one-thread processes sample 1.2x faster than one two-thread process; a two-thread process beside
-# another stalls), so the stage times in the reports are shared ones:
+# Measured 2026-11-26 with the three seeds run side by side, each `OMP_NUM_THREADS=1` (seen in this run's
+# replay progress, not benchmarked: two one-thread processes replayed ~24 contexts a minute each where
+# one two-thread process alone did ~40, and a two-thread process beside another nearly stalled), so
+# the stage times in the reports are shared ones:
 #   for s in 0 1 2; do OMP_NUM_THREADS=1 docs/results/logic-prontoqa-preference/run.sh $s & done; wait
 set -euo pipefail
 for seed in "$@"; do
