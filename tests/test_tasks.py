@@ -55,6 +55,24 @@ def test_joined_bfcl_categories_alternate_and_keep_their_own_rules(data_dir):
             get_task(bad, data_dir=data_dir).load()
 
 
+def test_bfcl_gold_chains_write_defaults_unless_told_to_omit_them(data_dir):
+    """By default a gold call spells out an optional parameter whose answer also accepts omission ("");
+    `gold_optional = "omit"` leaves it out, but never a required one, even where its answer lists ""."""
+    def gold(mode: str | None) -> dict[str, dict]:
+        task = get_task("bfcl:simple_python", data_dir=data_dir)
+        if mode:
+            task.gold_optional = mode
+        return {p.id: p.gold_chain[0][0].args for p in task.load() if p.id in ("simple_python_0", "simple_python_200")}
+
+    default, omit = gold(None), gold("omit")
+    # triangle area: `unit` is optional and answered ["units", ""]
+    assert default["simple_python_0"] == {"base": 10, "height": 5, "unit": "units"}
+    assert omit["simple_python_0"] == {"base": 10, "height": 5}
+    # emissions: `fuel_efficiency` is required though answered ["", 25.0]; `efficiency_reduction` optional, [0, ""]
+    assert default["simple_python_200"]["efficiency_reduction"] == 0
+    assert omit["simple_python_200"] == {"distance": 12000, "fuel_type": "gas", "fuel_efficiency": 25.0}
+
+
 def test_gsm8k_annotations_become_calculator_calls():
     chain = gsm8k_gold_chain("He has 20*.8=<<20*.8=16>>16\nThen (16+4)/2=<<(16+4)/2=10>>10\n#### 10", 10)
     assert [[(c.name, c.args) for c in s] for s in chain] == [

@@ -231,10 +231,15 @@ def _first_accepted(options: Any) -> Any:
     return first
 
 
-def _gold_call(expected: dict[str, Any]) -> Call:
+def _gold_call(expected: dict[str, Any], functions: list[dict[str, Any]], *, omit: bool) -> Call:
+    """The call a gold chain makes for one expected call; with `omit`, an optional parameter (not in its
+    function's `required`) whose answer accepts omission is left out."""
     (fname, args), = expected.items()
-    chosen = {k: v for k, v in ((k, _first_accepted(o)) for k, o in args.items()) if v is not None}
-    return Call(name=fname, args=chosen)
+    doc = next((f for f in functions if f.get("name") == fname), {})
+    required = set((doc.get("parameters") or {}).get("required") or ())
+    chosen = {k: _first_accepted(o) for k, o in args.items()
+              if not (omit and k not in required and isinstance(o, list) and "" in o)}
+    return Call(name=fname, args={k: v for k, v in chosen.items() if v is not None})
 
 
 # Categories whose answers hold several calls in one reply (a JSON list): they need a longer reply
@@ -251,6 +256,11 @@ class BfclTask(Task):
 
     name = "bfcl"
     max_steps = 1
+    # How a gold chain writes an optional parameter whose answer also accepts omission (`""`, BFCL's
+    # mark for a default): "write" spells out the first accepted value; "omit" leaves it out. "write"
+    # stays the default: a student trained on "omit" also left out optional parameters the request
+    # asked for, and lost more than it gained (docs/results/bfcl-omit/).
+    gold_optional: Literal["write", "omit"] = "write"
     execute = False
     instructions = ("Answer the user's request by calling the right function(s) with the right arguments. "
                     "If no function fits the request, reply in words without a call.")
@@ -305,7 +315,7 @@ class BfclTask(Task):
             truth = answers.get(pid)
             if category != "irrelevance" and truth is None:
                 raise DataError(f"{where}: no possible answer for id `{pid}`")
-            gold: list[list[Call]] | None = [[_gold_call(t) for t in truth]] if truth else [[]]
+            gold: list[list[Call]] | None = [[_gold_call(t, functions, omit=self.gold_optional == "omit") for t in truth]] if truth else [[]]
             # A few upstream answers contradict their own function docs (a required parameter
             # missing from the answer); those entries have no replayable gold chain.
             if truth and not check_bfcl(category, functions, truth, gold[0]).success:
