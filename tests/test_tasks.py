@@ -71,6 +71,10 @@ def test_bfcl_gold_chains_write_defaults_unless_told_to_omit_them(data_dir):
     # emissions: `fuel_efficiency` is required though answered ["", 25.0]; `efficiency_reduction` optional, [0, ""]
     assert default["simple_python_200"]["efficiency_reduction"] == 0
     assert omit["simple_python_200"] == {"distance": 12000, "fuel_type": "gas", "fuel_efficiency": 25.0}
+    task = get_task("bfcl:simple_python", data_dir=data_dir)
+    task.gold_optional = "skip"
+    with pytest.raises(DataError, match="`gold_optional` must be `write` or `omit`, got 'skip'"):
+        task.load()
 
 
 def test_gsm8k_annotations_become_calculator_calls():

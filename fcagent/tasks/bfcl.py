@@ -292,6 +292,9 @@ class BfclTask(Task):
         return mixed[:limit] if limit else mixed
 
     def _load_category(self, category: str) -> list[Problem]:
+        if self.gold_optional not in ("write", "omit"):
+            raise DataError(f"`gold_optional` must be `write` or `omit`, got {self.gold_optional!r}")
+        omit = self.gold_optional == "omit"
         hint = "the gorilla repo's bfcl_eval/data files (BFCL_v4_<category>.json)"
         qpath = find_data_file(f"bfcl/BFCL_v4_{category}.json", self.data_dir, hub_hint=hint)
         answers: dict[str, list] = {}
@@ -315,7 +318,7 @@ class BfclTask(Task):
             truth = answers.get(pid)
             if category != "irrelevance" and truth is None:
                 raise DataError(f"{where}: no possible answer for id `{pid}`")
-            gold: list[list[Call]] | None = [[_gold_call(t, functions, omit=self.gold_optional == "omit") for t in truth]] if truth else [[]]
+            gold: list[list[Call]] | None = [[_gold_call(t, functions, omit=omit) for t in truth]] if truth else [[]]
             # A few upstream answers contradict their own function docs (a required parameter
             # missing from the answer); those entries have no replayable gold chain.
             if truth and not check_bfcl(category, functions, truth, gold[0]).success:
