@@ -5,8 +5,9 @@
 # distill's own held-out evaluation is cut to 5 problems; the comparison is simple_python's held-out
 # problems (the first 100, then all 165), with and without the call grammar, against the bfcl-joined
 # student in the same `fcagent eval` (measured 2026-11-26: training 2,272 s; the 100-problem
-# evaluation ~4 min for the two live models, the write rows taken from docs/results/bfcl-omit (same
-# specs and settings, so `fcagent eval` reuses them); the 165-problem one ~14 min for four).
+# evaluation ~4 min for the two live models: the measured run had the write rows copied in from
+# docs/results/bfcl-omit, same specs and settings, which `fcagent eval` reuses; the 165-problem one
+# ~14 min for four).
 set -euo pipefail
 fcagent distill --task bfcl:simple_python+multiple+parallel+parallel_multiple+live_simple --preset full --method sft \
   --train-problems 790 --test-problems 5 --out runs/bfcl-live
