@@ -285,16 +285,16 @@ class BfclTask(Task):
         return not set(self.categories) & {*PARALLEL_CATEGORIES, "irrelevance"}
 
     def load(self, *, split=None, limit=None, seed: int = 0) -> list[Problem]:
-        per_category = [self._filter(self._load_category(c), split, None) for c in self.categories]
+        if self.gold_optional not in ("write", "omit"):
+            raise DataError(f"`gold_optional` must be `write` or `omit`, got {self.gold_optional!r}")
+        per_category = [self._filter(self._load_category(c, omit=self.gold_optional == "omit"), split, None)
+                        for c in self.categories]
         # Round-robin, each category in its own file order: the first N problems of the joined task
         # are the first ~N/k of each category.
         mixed = [p for row in zip_longest(*per_category) for p in row if p is not None]
         return mixed[:limit] if limit else mixed
 
-    def _load_category(self, category: str) -> list[Problem]:
-        if self.gold_optional not in ("write", "omit"):
-            raise DataError(f"`gold_optional` must be `write` or `omit`, got {self.gold_optional!r}")
-        omit = self.gold_optional == "omit"
+    def _load_category(self, category: str, *, omit: bool) -> list[Problem]:
         hint = "the gorilla repo's bfcl_eval/data files (BFCL_v4_<category>.json)"
         qpath = find_data_file(f"bfcl/BFCL_v4_{category}.json", self.data_dir, hub_hint=hint)
         answers: dict[str, list] = {}
