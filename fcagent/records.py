@@ -103,6 +103,11 @@ def bounded(value: Any, depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+# The encoding context hashes were defined with (json.dumps's defaults but sorted keys): one
+# encoder, not one per call; the output must never change, stored hashes depend on it.
+_CANON_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+
+
 def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                  prompt: dict[str, Any] | None = None) -> str:
     """Identity of a model call's context, canonicalised: tool-call ids (random per run) dropped, and
@@ -119,9 +124,9 @@ def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | N
             c["tool_calls"] = [{"name": t["name"], "args": t.get("args", {})} for t in m["tool_calls"]]
         canon.append(c)
     try:
-        blob = json.dumps([canon, tools or []], sort_keys=True, ensure_ascii=False, default=str)
+        blob = _CANON_ENCODER.encode([canon, tools or []])
     except RecursionError:
-        blob = json.dumps(bounded([canon, tools or []]), sort_keys=True, ensure_ascii=False, default=str)
+        blob = _CANON_ENCODER.encode(bounded([canon, tools or []]))
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -332,3 +332,21 @@ def test_a_bad_write_mode_is_refused_before_the_store_is_created(tmp_path):
         with pytest.raises(Exception, match="on_write_error"):
             TraceMiddleware(tmp_path / "t.db", **kwargs)
     assert not (tmp_path / "t.db").exists()
+
+
+def test_context_hashes_and_stored_values_keep_their_encoding():
+    """Stored context hashes join rows across stores written by any version: the canonical encoding
+    (json.dumps's defaults, sorted keys, non-ASCII kept) and so the hash of a fixed context must never
+    change; stored values stay compact JSON with non-ASCII text kept."""
+    from fcagent.records import context_hash
+    from fcagent.store import _dumps
+
+    messages = [{"role": "system", "content": "You call functions."}, {"role": "user", "content": "Grüße: 2+3?"},
+                {"role": "assistant", "content": "", "tool_calls": [{"name": "add", "args": {"b": 3, "a": 2}, "id": "call_x"}]},
+                {"role": "tool", "content": "5"}]
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
+    assert context_hash(messages, tools) == "046f7a165da734bf9c9b56ee4e62286a"
+    other_ids = [*messages[:2], {**messages[2], "tool_calls": [{**messages[2]["tool_calls"][0], "id": "call_y"}]}, messages[3]]
+    assert context_hash(other_ids, tools) == "046f7a165da734bf9c9b56ee4e62286a"  # call ids are random per run
+    assert _dumps({"q": "Grüße", "n": [1, 2.5, None], "k": float("nan")}) == '{"q":"Grüße","n":[1,2.5,null],"k":NaN}'
