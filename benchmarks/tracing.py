@@ -3,7 +3,7 @@
 The same LangGraph agent (fcagent's graph, a scripted native tool-calling model: 2 model calls and
 1 tool call per run) with: no callbacks, a do-nothing handler, fcagent's TraceRecorder (SQLite; by
 default each episode is queued for the store's writer thread, `fcagent-in-run` writes it in the run,
-as before 2026-11-26), LangSmith's LangChainTracer (its client pointed at a local HTTP sink on
+as before 2026-11-26; `fcagent-callbacks-only` drops each finished episode, to split the cost), LangSmith's LangChainTracer (its client pointed at a local HTTP sink on
 127.0.0.1) and Langfuse's LangChain CallbackHandler (its host the same sink); both of those send from
 background threads too, and neither is waited for. fcagent's queue is: `fcagent_writes_waited` adds,
 per run, the time `flush()` then takes at the end of each round (what a program that waits for every
@@ -82,8 +82,14 @@ def make_graph():
 
 
 def handlers(sink: str, tmp: Path) -> dict[str, Any]:
+    callbacks_only = TraceRecorder(TraceStore(tmp / "bench-callbacks-only.db"))
+    # Its finished episodes are dropped, not queued: what the recorder's callbacks cost on the agent's
+    # path alone, so fcagent's overhead splits into LangChain's dispatch (`noop`), the callbacks, and
+    # the writer thread's share of the interpreter (`fcagent` minus this).
+    callbacks_only.writes.submit = lambda episode_id, build, **kw: None
     out: dict[str, Any] = {"none": None, "noop": BaseCallbackHandler(), "fcagent": TraceRecorder(TraceStore(tmp / "bench.db")),
-                           "fcagent-in-run": TraceRecorder(TraceStore(tmp / "bench-in-run.db"), background=False)}
+                           "fcagent-in-run": TraceRecorder(TraceStore(tmp / "bench-in-run.db"), background=False),
+                           "fcagent-callbacks-only": callbacks_only}
     try:
         from langchain_core.tracers.langchain import LangChainTracer
         from langsmith import Client
@@ -157,8 +163,14 @@ def run(rounds: int = 12, runs: int = 40) -> dict[str, Any]:
             result[f"fcagent_overhead_as_fraction_of_{peer}"] = fc / max(med[peer] - base, 1e-6)
     result["fcagent_writes_waited_as_fraction_of_fcagent-in-run"] = (
         max(med["fcagent_writes_waited"] - base, 1e-6) / max(med["fcagent-in-run"] - base, 1e-6))
+    # Where fcagent's overhead per event goes (medians, so the parts need not sum exactly).
+    result["fcagent_parts_ms_per_event"] = {
+        "langchain_dispatch (noop)": (med["noop"] - base) / EVENTS_PER_RUN,
+        "recorder_callbacks": (med["fcagent-callbacks-only"] - med["noop"]) / EVENTS_PER_RUN,
+        "writer_thread": (med["fcagent"] - med["fcagent-callbacks-only"]) / EVENTS_PER_RUN}
     result["episodes_recorded"] = {name: TraceStore(tmp / db).count()
-                                   for name, db in (("fcagent", "bench.db"), ("fcagent-in-run", "bench-in-run.db"))}
+                                   for name, db in (("fcagent", "bench.db"), ("fcagent-in-run", "bench-in-run.db"),
+                                                   ("fcagent-callbacks-only", "bench-callbacks-only.db"))}
     return result
 
 
