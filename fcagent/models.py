@@ -175,6 +175,9 @@ def _from_run(run_dir: Path, **kwargs: Any) -> BaseChatModel:
                 raise UserError(f"{merged} does not match the sha256 recorded at training; refusing a modified model")
             model = _local(run_dir / "merged", str(run_dir / "merged"), **kwargs)
         else:
+            if not manifest.adapters:  # else the untrained base would load under the run's name
+                raise UserError(f"{run_dir / RUN_MANIFEST} lists no adapter, and the run has no merged model "
+                                f"({merged} with the sha256 recorded at training)")
             folders = []
             for name in manifest.adapters:
                 folder = _inside(run_dir, name)

@@ -106,6 +106,10 @@ class TrainSettings(BaseModel):
         1.0, ge=1.0, le=1000.0, description="SFT: the loss weight of each row's last assistant turn (a whole "
         "chain's final call; needs `compact_head`). Where one token decides the answer after many routine ones "
         "(ProntoQA: True/False after ~140 tokens of lookups), that token gets 1/140 of a row's loss at weight 1.")
+    full_finetune: bool = Field(
+        False, description="SFT: train every weight of the student instead of a LoRA adapter. The weights train in "
+        "float32 (in bfloat16 most of AdamW's small updates would round away), and the run folder holds the whole "
+        "model (`merged/`) instead of an adapter. Default learning rate 5e-5.")
     save_epochs: bool = Field(False, description="SFT: keep the adapter after every epoch as a run folder of its own "
                               "(`epochs/N`), so held-out accuracy can be plotted against epochs.")
     prompt_style: Literal["examples", "compact"] | None = Field(
@@ -224,19 +228,30 @@ def _length_report(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
 class _EpochSnapshots:
     """A TrainerCallback that saves the adapter at the end of every epoch as a loadable run folder."""
 
-    def __new__(cls, out: Path, manifest: dict[str, Any]):
+    def __new__(cls, out: Path, manifest: dict[str, Any], tokenizer: Any = None, *, full: bool = False):
         from transformers import TrainerCallback
 
         class Snapshots(TrainerCallback):
             def on_epoch_end(self, args, state, control, model=None, **kw):
                 epoch = max(1, round(state.epoch or 0))
                 folder = out / "epochs" / str(epoch)
-                model.save_pretrained(folder / "adapter")
-                record = RunManifest(**manifest, epoch=epoch, adapters=["adapter"],
-                                     adapter_sha256={"adapter": adapter_digest(folder / "adapter")})
+                if full:  # the whole model, loadable like a merged run
+                    record = RunManifest(**manifest, epoch=epoch, adapters=[],
+                                         merged_sha256=_save_whole(model, tokenizer, folder / "merged"))
+                else:
+                    model.save_pretrained(folder / "adapter")
+                    record = RunManifest(**manifest, epoch=epoch, adapters=["adapter"],
+                                         adapter_sha256={"adapter": adapter_digest(folder / "adapter")})
                 (folder / RUN_MANIFEST).write_text(record.model_dump_json(indent=2, exclude_none=True))
 
         return Snapshots()
+
+
+def _save_whole(model: Any, tokenizer: Any, folder: Path) -> str:
+    """Save a whole model (with its tokenizer) as one safetensors file; its sha256, for the manifest."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return file_digest(folder / "model.safetensors")
 
 
 class _LiveMetrics:
@@ -328,7 +343,9 @@ def _trainer_args(settings: TrainSettings, out: Path, kind: str, *, conversation
     import torch
     from trl import DPOConfig, SFTConfig
 
-    lr = settings.learning_rate or (2e-4 if kind in ("sft", "sft-warm") else 1e-4)
+    # A LoRA adapter starts at zero and takes larger steps than a whole pretrained model should.
+    default_lr = 5e-5 if settings.full_finetune else 2e-4 if kind in ("sft", "sft-warm") else 1e-4
+    lr = settings.learning_rate or default_lr
     epochs = settings.sft_epochs if kind == "sft-warm" else settings.num_train_epochs
     common: dict[str, Any] = dict(
         output_dir=str(out / "trainer"), per_device_train_batch_size=settings.per_device_train_batch_size,
@@ -365,8 +382,9 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
     from fcagent.chat_templates import training_template
     from fcagent.trainers import CompactHeadSFTTrainer, PrefixSharingDPOTrainer
 
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                             target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    peft_config = None if settings.full_finetune else LoraConfig(
+        r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=lora.target_modules,
+        task_type="CAUSAL_LM")
     if kind in ("sft", "sft-warm"):
         conversations = _conversations(rows)
         template = None if settings.trl_defaults else training_template(tokenizer)
@@ -381,7 +399,8 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
     steps_per_epoch = math.ceil(len(data_rows) / (settings.per_device_train_batch_size * settings.gradient_accumulation_steps))
     total = args.max_steps if args.max_steps > 0 else math.ceil(steps_per_epoch * args.num_train_epochs)
     live = _LiveMetrics(out / "metrics.jsonl", total, label)
-    callbacks = [live, *([_EpochSnapshots(out, snapshot)] if snapshot is not None else [])]
+    callbacks = [live, *([_EpochSnapshots(out, snapshot, tokenizer, full=settings.full_finetune)]
+                         if snapshot is not None else [])]
     data = Dataset.from_list(data_rows)
     inference_template = tokenizer.chat_template
     try:
@@ -412,6 +431,12 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     settings = settings or TrainSettings()
     if settings.last_turn_weight != 1.0 and (not settings.compact_head or settings.trl_defaults):
         raise UserError("`last_turn_weight` needs the compact head (`compact_head` on, `trl_defaults` off)")
+    if settings.full_finetune and settings.method != "sft":
+        raise UserError(f"`full_finetune` trains the SFT baseline only (method sft), got method {settings.method!r}: "
+                        "preference methods keep a LoRA adapter, whose base is their reference model")
+    if settings.full_finetune and settings.base_dtype == "bfloat16":
+        raise UserError("`full_finetune` trains the weights in float32 (in bfloat16 most of AdamW's small updates "
+                        "would round away): set `base_dtype` to auto or float32")
     lora = lora or LoraSettings()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +444,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     torch.manual_seed(settings.seed)
     kind = "dpo" if settings.method in PAIR_METHODS else "sft"
     prompt_style = settings.prompt_style or _export_prompt_style(pairs, kind)
-    dtype = _base_dtype(settings)
+    dtype = torch.float32 if settings.full_finetune else _base_dtype(settings)
     chat = _load_student(student, dtype)
     model, tokenizer = chat.hf_model, chat.tokenizer
     if tokenizer.pad_token is None:
@@ -467,28 +492,33 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     metrics += m
     steps += s
     seconds = time.perf_counter() - started
-    model.save_pretrained(out / "adapter")
-    stack.append("adapter")
-    tokenizer.save_pretrained(out / "adapter")
+    merged_sha256 = None
+    if settings.full_finetune:  # no adapter: the trained weights are the model
+        merged_sha256 = _save_whole(model, tokenizer, out / "merged")
+    else:
+        model.save_pretrained(out / "adapter")
+        stack.append("adapter")
+        tokenizer.save_pretrained(out / "adapter")
     # Tokens the policy saw: rows per step x steps, at the mean row length (the reference pass not counted).
     per_step = settings.per_device_train_batch_size * settings.gradient_accumulation_steps
     tokens_seen = min(sum(row_tokens), sum(row_tokens) / len(row_tokens) * steps * per_step) \
         if settings.max_steps > 0 else sum(row_tokens) * (steps * per_step / max(len(rows), 1))
     manifest = {
         "base_model": student, "method": settings.method, "settings": settings.model_dump(mode="json"),
-        "lora": lora.model_dump(mode="json"), "adapters": stack,
+        "lora": None if settings.full_finetune else lora.model_dump(mode="json"), "adapters": stack,
         "adapter_sha256": {name: adapter_digest(out / name) for name in stack},
         "data": {"source": str(pairs), "rows": len(rows), "dropped": dropped, "tokens": sum(row_tokens)},
         "prompt_style": prompt_style, "base_dtype": str(dtype).removeprefix("torch."),
         "steps": steps, "seconds": round(seconds, 1), "tokens_per_second": round(tokens_seen / max(seconds, 1e-9), 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"merged_sha256": merged_sha256} if merged_sha256 else {}),
     }
     (out / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
     step_rows = [m for m in metrics if "loss" in m]
     (out / "metrics.json").write_text(json.dumps({"last_step": step_rows[-1] if step_rows else {},
                                                   "summary": metrics[-1] if metrics else {}}, indent=2))
     _plot(metrics, out / "training.png", f"{settings.method} · {student} · {len(rows)} rows")
-    if merge:
+    if merge and not settings.full_finetune:  # a whole-model run is merged already
         merged = model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         tokenizer.save_pretrained(out / "merged")

@@ -225,3 +225,32 @@ def test_sft_keeps_a_loadable_snapshot_after_every_epoch(pairs_dir, tiny_model_d
     rows = [json.loads(x) for x in (pairs_dir / "pairs.jsonl").read_text().splitlines()]
     first, last = (load_chat_model(str(tmp_path / "run" / "epochs" / n)) for n in ("1", "2"))
     assert chosen_logps(first, rows) != chosen_logps(last, rows)
+
+
+def test_full_finetune_trains_every_weight_and_the_run_loads_as_a_whole_model(pairs_dir, tiny_model_dir, tmp_path):
+    rows = [json.loads(x) for x in (pairs_dir / "pairs.jsonl").read_text().splitlines()]
+    before = chosen_logps(load_chat_model(str(tiny_model_dir)), rows)
+    settings = TrainSettings(method="sft", full_finetune=True, num_train_epochs=2, batch_size=2, learning_rate=1e-3,
+                             save_epochs=True)
+    train(pairs_dir, str(tiny_model_dir), tmp_path / "run", settings=settings)
+    run = tmp_path / "run"
+    manifest = json.loads((run / "fcagent_run.json").read_text())
+    assert manifest["adapters"] == [] and manifest["lora"] is None and manifest["base_dtype"] == "float32"
+    assert not (run / "adapter").exists() and (run / "merged" / "model.safetensors").exists()
+    student = load_chat_model(str(run), max_new_tokens=8)
+    after = chosen_logps(student, rows)
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.5  # measured: the chosen calls got likelier
+    snapshots = {n: json.loads((run / "epochs" / n / "fcagent_run.json").read_text()) for n in ("1", "2")}
+    assert snapshots["2"]["merged_sha256"] == manifest["merged_sha256"] != snapshots["1"]["merged_sha256"]
+    assert chosen_logps(load_chat_model(str(run / "epochs" / "1")), rows) != after
+    task = get_task("math")  # swapped back into the graph like any student
+    assert build_agent_graph(student, task=task, max_steps=1).invoke({"problem": task.load(limit=1)[0]})["steps"] == 1
+    # a run folder that vouches for no weights at all is refused, not loaded as the untrained base
+    (run / "merged" / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="lists no adapter, and the run has no merged model"):
+        load_chat_model(str(run))
+    with pytest.raises(UserError, match="trains the SFT baseline only"):
+        train(pairs_dir, str(tiny_model_dir), tmp_path / "r", settings=TrainSettings(method="dpo", full_finetune=True))
+    with pytest.raises(UserError, match="in float32"):
+        train(pairs_dir, str(tiny_model_dir), tmp_path / "r",
+              settings=TrainSettings(method="sft", full_finetune=True, base_dtype="bfloat16"))
