@@ -231,13 +231,21 @@ class _EpochSnapshots:
     def __new__(cls, out: Path, manifest: dict[str, Any], tokenizer: Any = None, *, full: bool = False):
         from transformers import TrainerCallback
 
+        # Made before training swaps the training template in: a snapshot's tokenizer keeps the one
+        # inference renders with.
+        inference_template = getattr(tokenizer, "chat_template", None)
+
         class Snapshots(TrainerCallback):
             def on_epoch_end(self, args, state, control, model=None, **kw):
                 epoch = max(1, round(state.epoch or 0))
                 folder = out / "epochs" / str(epoch)
                 if full:  # the whole model, loadable like a merged run
-                    record = RunManifest(**manifest, epoch=epoch, adapters=[],
-                                         merged_sha256=_save_whole(model, tokenizer, folder / "merged"))
+                    training_template, tokenizer.chat_template = tokenizer.chat_template, inference_template
+                    try:
+                        digest = _save_whole(model, tokenizer, folder / "merged")
+                    finally:
+                        tokenizer.chat_template = training_template
+                    record = RunManifest(**manifest, epoch=epoch, adapters=[], merged_sha256=digest)
                 else:
                     model.save_pretrained(folder / "adapter")
                     record = RunManifest(**manifest, epoch=epoch, adapters=["adapter"],

@@ -242,7 +242,11 @@ def test_full_finetune_trains_every_weight_and_the_run_loads_as_a_whole_model(pa
     assert sum(after) / len(after) > sum(before) / len(before) + 0.5  # measured: the chosen calls got likelier
     snapshots = {n: json.loads((run / "epochs" / n / "fcagent_run.json").read_text()) for n in ("1", "2")}
     assert snapshots["2"]["merged_sha256"] == manifest["merged_sha256"] != snapshots["1"]["merged_sha256"]
-    assert chosen_logps(load_chat_model(str(run / "epochs" / "1")), rows) != after
+    first = load_chat_model(str(run / "epochs" / "1"))
+    assert chosen_logps(first, rows) != after
+    # saved mid-training, the snapshot still renders with the inference template, not the training one
+    assert first.tokenizer.chat_template == student.tokenizer.chat_template
+    assert "{% generation %}" not in first.tokenizer.chat_template
     task = get_task("math")  # swapped back into the graph like any student
     assert build_agent_graph(student, task=task, max_steps=1).invoke({"problem": task.load(limit=1)[0]})["steps"] == 1
     # a run folder that vouches for no weights at all is refused, not loaded as the untrained base
