@@ -430,6 +430,24 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
     return trainer.model, live.rows, trainer.state.global_step
 
 
+# What a run writes into its folder: a folder holding anything else is not a run folder.
+_RUN_OUTPUTS = frozenset({RUN_MANIFEST, "metrics.jsonl", "metrics.json", "training.png", "trainer", "epochs",
+                          "adapter", "sft_adapter", "merged"})
+
+
+def _refuse_foreign_folder(out: Path) -> None:
+    """Training again into a run folder replaces that run; training into any other folder (a distill
+    run, an export, a model) would mix a run into it and overwrite what it shares names with."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"`output_dir` {out} is a file, not a run folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _RUN_OUTPUTS and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 4 else "")
+        raise UserError(f"`output_dir` {out} holds files a training run does not write ({shown}): it is not a run "
+                        "folder; train into a new or empty folder")
+
+
 def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: TrainSettings | None = None,
           lora: LoraSettings | None = None, merge: bool = False) -> TrainResult:
     """Train `student` on an export folder (`method` decides SFT rows or preference pairs); writes a
@@ -447,6 +465,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
                         "would round away): set `base_dtype` to auto or float32")
     lora = lora or LoraSettings()
     out = Path(output_dir)
+    _refuse_foreign_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     torch.manual_seed(settings.seed)

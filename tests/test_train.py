@@ -143,6 +143,12 @@ def test_bad_inputs_are_clear_errors(pairs_dir, tiny_model_dir, tmp_path):
     (tmp_path / "cols" / "pairs.jsonl").write_text(json.dumps({"prompt": [{"role": "user", "content": "q"}]}) + "\n")
     with pytest.raises(UserError, match="no column\\(s\\) chosen, rejected"):
         train(tmp_path / "cols", str(tiny_model_dir), tmp_path / "r")
+    distill_like = tmp_path / "distill"  # e.g. a distill run folder: training into it would mix a run in
+    distill_like.mkdir()
+    (distill_like / "harvest.done.json").write_text("{}")
+    with pytest.raises(UserError, match="holds files a training run does not write \\(harvest.done.json\\)"):
+        train(pairs_dir, str(tiny_model_dir), distill_like)
+    assert sorted(p.name for p in distill_like.iterdir()) == ["harvest.done.json"]
     with pytest.raises(UserError, match="no training rows left.*prompt longer than max_length"):
         train(pairs_dir, str(tiny_model_dir), tmp_path / "r", settings=TrainSettings(max_length=16, max_steps=1))
     run = tmp_path / "run"
