@@ -13,6 +13,9 @@ set -euo pipefail
 here=docs/results/bfcl-capacity
 fcagent train --pairs runs/bfcl-joined/data-sft --method sft --out runs/bfcl-r64 --config $here/lora-r64.yaml
 fcagent train --pairs runs/bfcl-joined/data-sft --method sft --out runs/bfcl-fullft --config $here/full.yaml
+# a fourth epoch, continued from the 3-epoch whole model (714 s)
+fcagent train --pairs runs/bfcl-joined/data-sft --student runs/bfcl-fullft --method sft --out runs/bfcl-fullft-epoch4 \
+  --config $here/full-epoch4.yaml
 models=(--model r16=runs/bfcl-joined/runs/sft --model 'r16+llguidance=runs/bfcl-joined/runs/sft?constrain=llguidance'
         --model r64=runs/bfcl-r64 --model 'r64+llguidance=runs/bfcl-r64?constrain=llguidance'
         --model full=runs/bfcl-fullft --model 'full+llguidance=runs/bfcl-fullft?constrain=llguidance')
@@ -21,4 +24,5 @@ fcagent eval --task bfcl:simple_python --limit 165 --out $here/simple_python-all
 fcagent eval --task bfcl:simple_python --limit 100 --out $here/simple_python-epochs \
   --model 'full-epoch1=runs/bfcl-fullft/epochs/1' --model 'full-epoch1+llguidance=runs/bfcl-fullft/epochs/1?constrain=llguidance' \
   --model 'full-epoch2=runs/bfcl-fullft/epochs/2' --model 'full-epoch2+llguidance=runs/bfcl-fullft/epochs/2?constrain=llguidance' \
-  --model 'full-epoch3=runs/bfcl-fullft' --model 'full-epoch3+llguidance=runs/bfcl-fullft?constrain=llguidance'
+  --model 'full-epoch3=runs/bfcl-fullft' --model 'full-epoch3+llguidance=runs/bfcl-fullft?constrain=llguidance' \
+  --model 'full-epoch4=runs/bfcl-fullft-epoch4' --model 'full-epoch4+llguidance=runs/bfcl-fullft-epoch4?constrain=llguidance'
