@@ -141,10 +141,11 @@ def adapter_digest(adapter_dir: Path) -> str:
 
 
 def _base_dtype(settings: TrainSettings) -> Any:
-    """The frozen base weights' dtype (see `TrainSettings.base_dtype`)."""
+    """The dtype the student loads in: the frozen base weights' (see `TrainSettings.base_dtype`), or
+    float32 where every weight trains (`full_finetune`)."""
     import torch
 
-    if settings.trl_defaults:
+    if settings.trl_defaults or settings.full_finetune:
         return torch.float32
     if settings.base_dtype != "auto":
         return getattr(torch, settings.base_dtype)
@@ -471,7 +472,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     torch.manual_seed(settings.seed)
     kind = "dpo" if settings.method in PAIR_METHODS else "sft"
     prompt_style = settings.prompt_style or _export_prompt_style(pairs, kind)
-    dtype = torch.float32 if settings.full_finetune else _base_dtype(settings)
+    dtype = _base_dtype(settings)
     chat = _load_student(student, dtype)
     model, tokenizer = chat.hf_model, chat.tokenizer
     if tokenizer.pad_token is None:
@@ -520,12 +521,14 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     steps += s
     seconds = time.perf_counter() - started
     merged_sha256 = None
-    if settings.full_finetune:  # no adapter: the trained weights are the model
+    if settings.full_finetune:  # no adapter: the trained weights are the model (merged already)
         merged_sha256 = _save_whole(model, tokenizer, out / "merged")
     else:
         model.save_pretrained(out / "adapter")
         stack.append("adapter")
         tokenizer.save_pretrained(out / "adapter")
+        if merge:
+            merged_sha256 = _save_whole(model.merge_and_unload(), tokenizer, out / "merged")
     # Tokens the policy saw: rows per step x steps, at the mean row length (the reference pass not counted).
     per_step = settings.per_device_train_batch_size * settings.gradient_accumulation_steps
     tokens_seen = min(sum(row_tokens), sum(row_tokens) / len(row_tokens) * steps * per_step) \
@@ -545,12 +548,6 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     (out / "metrics.json").write_text(json.dumps({"last_step": step_rows[-1] if step_rows else {},
                                                   "summary": metrics[-1] if metrics else {}}, indent=2))
     _plot(metrics, out / "training.png", f"{settings.method} · {student} · {len(rows)} rows")
-    if merge and not settings.full_finetune:  # a whole-model run is merged already
-        merged = model.merge_and_unload()
-        merged.save_pretrained(out / "merged")
-        tokenizer.save_pretrained(out / "merged")
-        manifest["merged_sha256"] = file_digest(out / "merged" / "model.safetensors")
-        (out / RUN_MANIFEST).write_text(json.dumps(manifest, indent=2))
     final = {k: v for k, v in (step_rows[-1] if step_rows else {}).items() if isinstance(v, float)}
     return TrainResult(run_dir=out, method=settings.method, rows=len(rows), dropped=dropped, steps=steps,
                        seconds=seconds, tokens_per_second=tokens_seen / max(seconds, 1e-9),
