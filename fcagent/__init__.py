@@ -18,6 +18,7 @@ from fcagent.store import TraceStore
 from fcagent.records import Label, StepError
 from fcagent.tasks import Problem, Task, Verdict, get_task
 from fcagent.replay import replay
+from fcagent.soup import average_students
 from fcagent.teacher import ReferenceTeacher
 from fcagent.train import LoraSettings, TrainSettings, train, train_dpo, train_sft
 
@@ -41,6 +42,7 @@ __all__ = [
     "LoraSettings",
     "StudentMiddleware",
     "TrainSettings",
+    "average_students",
     "build_agent_graph",
     "call_schema",
     "compare_seeds",

@@ -475,6 +475,15 @@ def _read_train_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, lora
 
 
+@app.command("soup")
+def soup_cmd(student: Annotated[list[str], typer.Option("--student", help="A student to average (a run folder or local model); repeat, two or more.")],
+             out: Annotated[Path, typer.Option("--out", help="Run folder for the soup (new, or an earlier soup's).")] = Path("runs/soup")) -> None:
+    """Average students of one base model into one (a model soup): epoch snapshots, seeds, adapter ranks."""
+    from fcagent.soup import average_students
+
+    console.print(average_students(student, out).model_dump(mode="json"))
+
+
 @app.command("replay")
 def replay_cmd(student: Annotated[str, typer.Option(help="Student model spec (a run folder or bundled:NAME).")],
                store: StoreOpt = Path(DEFAULT_STORE), task: TaskOpt = "math",

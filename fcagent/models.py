@@ -126,6 +126,13 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def save_whole_model(model: Any, tokenizer: Any, folder: Path) -> str:
+    """Save a whole model (with its tokenizer) as one safetensors file; its sha256, for the manifest."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return file_digest(folder / "model.safetensors")
+
+
 def read_manifest(run_dir: Path) -> RunManifest:
     path = run_dir / RUN_MANIFEST
     try:

@@ -43,7 +43,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from fcagent.errors import UserError
 from fcagent.export import ExportError, load_pairs
-from fcagent.models import RUN_MANIFEST, RunManifest, file_digest
+from fcagent.models import RUN_MANIFEST, RunManifest, file_digest, save_whole_model
 
 __all__ = ["LoraSettings", "TrainSettings", "TrainResult", "train", "train_dpo", "train_sft", "RUN_MANIFEST",
            "adapter_digest", "METHODS", "PREFERENCE_METHODS", "PAIR_METHODS", "WARM_STARTED", "Method"]
@@ -243,7 +243,7 @@ class _EpochSnapshots:
                 if full:  # the whole model, loadable like a merged run
                     training_template, tokenizer.chat_template = tokenizer.chat_template, inference_template
                     try:
-                        digest = _save_whole(model, tokenizer, folder / "merged")
+                        digest = save_whole_model(model, tokenizer, folder / "merged")
                     finally:
                         tokenizer.chat_template = training_template
                     record = RunManifest(**manifest, epoch=epoch, adapters=[], merged_sha256=digest)
@@ -254,13 +254,6 @@ class _EpochSnapshots:
                 (folder / RUN_MANIFEST).write_text(record.model_dump_json(indent=2, exclude_none=True))
 
         return Snapshots()
-
-
-def _save_whole(model: Any, tokenizer: Any, folder: Path) -> str:
-    """Save a whole model (with its tokenizer) as one safetensors file; its sha256, for the manifest."""
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return file_digest(folder / "model.safetensors")
 
 
 class _LiveMetrics:
@@ -522,13 +515,13 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     seconds = time.perf_counter() - started
     merged_sha256 = None
     if settings.full_finetune:  # no adapter: the trained weights are the model (merged already)
-        merged_sha256 = _save_whole(model, tokenizer, out / "merged")
+        merged_sha256 = save_whole_model(model, tokenizer, out / "merged")
     else:
         model.save_pretrained(out / "adapter")
         stack.append("adapter")
         tokenizer.save_pretrained(out / "adapter")
         if merge:
-            merged_sha256 = _save_whole(model.merge_and_unload(), tokenizer, out / "merged")
+            merged_sha256 = save_whole_model(model.merge_and_unload(), tokenizer, out / "merged")
     # Tokens the policy saw: rows per step x steps, at the mean row length (the reference pass not counted).
     per_step = settings.per_device_train_batch_size * settings.gradient_accumulation_steps
     tokens_seen = min(sum(row_tokens), sum(row_tokens) / len(row_tokens) * steps * per_step) \

@@ -72,6 +72,7 @@ def _base(path: tuple[str, ...], tmp) -> list[str]:
         ("export",): ["--store", store, "--out", str(tmp["folder"] / "exp")],
         ("train",): ["--pairs", str(tmp["missing"])],
         ("replay",): ["--student", "nope:zzz-model", "--store", store],
+        ("soup",): ["--student", "nope:zzz-model", "--student", "./no/such/run", "--out", str(tmp["folder"] / "sp")],
         ("eval",): ["--model", "reference", "--limit", "1", "--out", str(tmp["folder"] / "ev")],
         ("distill",): ["--out", str(tmp["folder"] / "d"), "--teacher", "nope:zzz-model"],
         ("compare",): [str(tmp["folder"]), "--method", "sft-dpo", "--out", str(tmp["folder"] / "cmp")],
