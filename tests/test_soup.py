@@ -4,6 +4,9 @@ import json
 
 import pytest
 import torch
+from langchain.agents import create_agent
+from langchain_core.messages import HumanMessage
+from langchain_core.tools import tool
 from typer.testing import CliRunner
 
 from fcagent import average_students, build_agent_graph, get_task, load_chat_model
@@ -13,6 +16,12 @@ from fcagent.train import TrainSettings, train
 
 ROWS = [("What is 2 plus 3?", '{"name": "add", "arguments": {"a": 2, "b": 3}}'),
         ("What is 7 times 6?", '{"name": "multiply", "arguments": {"a": 7, "b": 6}}')]
+
+
+@tool
+def population(city: str) -> str:
+    """Population of a city."""
+    return {"Oslo": "709000"}.get(city, "unknown")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +59,11 @@ def test_a_soup_is_the_mean_of_its_students_and_swaps_back(students, tmp_path):
     task = get_task("math")
     student = load_chat_model(str(tmp_path / "soup"), max_new_tokens=8)
     assert build_agent_graph(student, task=task, max_steps=1).invoke({"problem": task.load(limit=1)[0]})["steps"] == 1
+    # and as the model of a user's own agent, with the user's tool (the grammar keeps the tiny model to a call)
+    agent = create_agent(student.model_copy(update={"constrain": "llguidance", "max_new_tokens": 64}), [population])
+    first = next(iter(agent.stream({"messages": [HumanMessage("How many people live in Oslo?")]}, stream_mode="updates")))
+    (reply,) = first["model"]["messages"]  # its first step (a random tiny model would call on and on)
+    assert reply.tool_calls[0]["name"] == "population"
     # an earlier soup is replaced in place; a soup of soups is just another student
     again = average_students(students[:2], tmp_path / "soup")
     assert again.merged_sha256 != result.merged_sha256
