@@ -248,7 +248,9 @@ def _plots(report: dict[str, Any], out: Path) -> None:
     if not models:
         return
     names = [m["name"] for m in models]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    # Wider with more models, taller with longer names: a dozen models' labels must not overlap.
+    longest = max(len(n) for n in names)
+    fig, axes = plt.subplots(1, 3, figsize=(max(13.0, 1.35 * len(names)), 3.0 + 0.07 * longest))
     acc = [m["accuracy"] for m in models]
     err = [[a - m["ci95"][0] for a, m in zip(acc, models)], [m["ci95"][1] - a for a, m in zip(acc, models)]]
     axes[0].bar(names, acc, yerr=err, capsize=4, color="#4C72B0")
@@ -262,7 +264,7 @@ def _plots(report: dict[str, Any], out: Path) -> None:
     axes[2].bar(names, [m["wall_s_per_problem"] for m in models], color="#8172B2")
     axes[2].set_title("seconds per problem")
     for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
+        plt.setp(ax.get_xticklabels(), rotation=30 if len(names) <= 6 else 55, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     fig.savefig(out / "evaluation.png", dpi=110)
     plt.close(fig)

@@ -24,3 +24,13 @@ models=(--model "r16+llguidance=$r16$g" --model "full+llguidance=$full$g" --mode
         --model "soup-all7+llguidance=runs/bfcl-soup-all7$g" --model "soup-r16ep23+llguidance=runs/bfcl-soup-r16ep23$g")
 fcagent eval --task bfcl:simple_python --limit 165 --out $here/simple_python-all "${models[@]}"
 fcagent eval --task bfcl:simple_python --limit 100 --out $here/simple_python "${models[@]}"
+# Decided before their results were seen: does averaging epochs 2 and 3 help a second whole-model
+# student (seed 1), and does a soup of both seeds' epochs 2 and 3 help more? (training 2,209 s)
+fcagent train --pairs runs/bfcl-joined/data-sft --method sft --out runs/bfcl-fullft-seed1 --config $here/full-seed1.yaml
+s1=runs/bfcl-fullft-seed1
+fcagent soup --student $s1/epochs/2 --student $s1 --out runs/bfcl-soup-s1ep23
+fcagent soup --student $full/epochs/2 --student $full --student $s1/epochs/2 --student $s1 --out runs/bfcl-soup-2seeds
+models+=(--model "full-s1+llguidance=$s1$g" --model "soup-s1ep23+llguidance=runs/bfcl-soup-s1ep23$g"
+         --model "soup-2seeds+llguidance=runs/bfcl-soup-2seeds$g" --model "soup-2seeds=runs/bfcl-soup-2seeds")
+fcagent eval --task bfcl:simple_python --limit 165 --out $here/simple_python-all "${models[@]}"
+fcagent eval --task bfcl:simple_python --limit 100 --out $here/simple_python "${models[@]}"
