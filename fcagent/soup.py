@@ -103,7 +103,8 @@ def average_students(students: Sequence[str], output_dir: str | Path) -> SoupRes
 
     soup = first.hf_model.to(torch.float32)  # averaged in float32 and saved so, like a whole-model run
     soup.load_state_dict({name: w / len(students) for name, w in total.items()})
-    if out.exists():  # an earlier soup (checked above): replaced, not mixed
+    if out.exists():  # an earlier soup (checked above): replaced, not mixed; its manifest goes first,
+        (out / RUN_MANIFEST).unlink(missing_ok=True)  # so a failed write leaves no folder that looks whole
         shutil.rmtree(out / "merged", ignore_errors=True)
     digest = save_whole_model(soup, first.tokenizer, out / "merged")
     manifest = RunManifest(base_model=_base_of(students[0]), adapters=[], merged_sha256=digest,
