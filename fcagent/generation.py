@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fcagent.prefix_cache import kv_cache_argument
+
 __all__ = ["DecodeSettings", "DecodeRequest", "Decoded", "Generator", "call_end", "finish_text"]
 
 
@@ -238,10 +240,10 @@ class Generator:
                     from transformers import DynamicCache
 
                     cache = DynamicCache()
-                    self.hf_model(ids[:1, :-1], past_key_values=cache, use_cache=True)
+                    self.hf_model(ids[:1, :-1], use_cache=True, **kv_cache_argument(self.hf_model, cache))
                 if ns[0] > 1:
                     cache.batch_repeat_interleave(ns[0])
-                out = self.hf_model.generate(ids, attention_mask=mask, past_key_values=cache, **gen)
+                out = self.hf_model.generate(ids, attention_mask=mask, **kv_cache_argument(self.hf_model, cache), **gen)
             elif ns[0] > 1 and width > 1:
                 # Each prompt pre-filled once (positions counted from its first real token), then the
                 # cache and the rows repeated for its n candidates.
@@ -250,10 +252,10 @@ class Generator:
                 cache = DynamicCache()
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
                 self.hf_model(ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                              past_key_values=cache, use_cache=True)
+                              use_cache=True, **kv_cache_argument(self.hf_model, cache))
                 cache.batch_repeat_interleave(ns[0])
                 ids, mask = ids.repeat_interleave(ns[0], dim=0), mask.repeat_interleave(ns[0], dim=0)
-                out = self.hf_model.generate(ids, attention_mask=mask, past_key_values=cache, **gen)
+                out = self.hf_model.generate(ids, attention_mask=mask, **kv_cache_argument(self.hf_model, cache), **gen)
             else:
                 out = self.hf_model.generate(ids, attention_mask=mask, **gen)
         texts, counts = [], []

@@ -8,6 +8,7 @@ used out first; a prefix is reused only when at least `min_shared` tokens match.
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 from typing import Any
 
@@ -58,9 +59,17 @@ class PrefixCache:
         if cached_tokens is not None and len(cached_tokens) > shared:
             cache.crop(shared - len(cached_tokens))  # transformers 5: a negative count of tokens to drop
         if target > shared:
-            model(torch.tensor([tokens[shared:target]]), past_key_values=cache, use_cache=True)
+            model(torch.tensor([tokens[shared:target]]), use_cache=True, **kv_cache_argument(model, cache))
         if self.size > 0:
             with self._lock:
                 self._entries.append((tokens[:target], copy.deepcopy(cache)))
                 del self._entries[:-self.size]
         return cache
+
+
+def kv_cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """`cache` under the keyword this transformers' models take: `cache` where `forward` has it (5.x,
+    which deprecates `past_key_values` and drops it from `forward` in 5.40), else `past_key_values`.
+    `generate` takes the same keyword as `forward`."""
+    parameters = inspect.signature(type(model).forward).parameters  # the class's: a spy on the instance hides it
+    return {"cache" if "cache" in parameters else "past_key_values": cache}

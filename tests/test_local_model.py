@@ -35,6 +35,22 @@ def test_tiny_model_is_a_chat_model_with_usage_and_n_candidates(tiny):
     assert len({g.text for g in gens}) > 1  # sampled, not copies
 
 
+def test_the_kv_cache_goes_by_the_keyword_this_transformers_takes(tiny):
+    """transformers 5 renamed `past_key_values` to `cache` (the old name goes from `forward` in 5.40):
+    the shared prefill, its repeated candidates and the prompt cache all pass the current one."""
+    import warnings
+
+    from fcagent.prefix_cache import PrefixCache
+
+    model = tiny.model_copy()
+    model._prefix_cache = PrefixCache(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate([[HumanMessage("hello")]], n=3, temperature=1.0)
+        model.invoke([HumanMessage("hello")])
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
 def test_shared_prefill_gives_the_same_greedy_output_as_separate_calls(tiny):
     prompt = tiny.render([HumanMessage("count to three")])
     import dataclasses
