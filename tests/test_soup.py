@@ -1,6 +1,7 @@
 """Model soups on real tiny-model training: the soup is the mean of its students, loads and swaps back."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -94,6 +95,20 @@ def test_a_soup_refuses_what_it_cannot_average(students, tiny_model_dir, tmp_pat
     tok.save_pretrained(other)
     with pytest.raises(UserError, match="not the same architecture"):
         average_students([str(tiny_model_dir), str(other)], tmp_path / "s")
+    other_tok = tmp_path / "other-tokenizer"  # same weights and shapes, one token more
+    shutil.copytree(tiny_model_dir, other_tok)
+    tok.add_tokens(["<soup-extra>"])
+    tok.save_pretrained(other_tok)
+    with pytest.raises(UserError, match="another tokenizer"):
+        average_students([str(tiny_model_dir), str(other_tok)], tmp_path / "s")
+    restyled = tmp_path / "restyled"  # the same adapter, declared to prompt in the other style
+    shutil.copytree(students[0], restyled)
+    manifest = json.loads((restyled / "fcagent_run.json").read_text())
+    style = load_chat_model(students[0]).prompt_style
+    manifest["prompt_style"] = "examples" if style == "compact" else "compact"
+    (restyled / "fcagent_run.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="must be trained on the same prompts"):
+        average_students([students[0], str(restyled)], tmp_path / "s")
     assert not (tmp_path / "s").exists()  # nothing half-written
     # on the command line: one line, exit code 2 (bad input), no traceback
     result = CliRunner().invoke(app, ["soup", "--student", students[0], "--out", str(tmp_path / "s")])
