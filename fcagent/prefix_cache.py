@@ -8,6 +8,7 @@ used out first; a prefix is reused only when at least `min_shared` tokens match.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import threading
 from typing import Any
@@ -71,5 +72,9 @@ def kv_cache_argument(model: Any, cache: Any) -> dict[str, Any]:
     """`cache` under the keyword this transformers' models take: `cache` where `forward` has it (5.x,
     which deprecates `past_key_values` and drops it from `forward` in 5.40), else `past_key_values`.
     `generate` takes the same keyword as `forward`."""
-    parameters = inspect.signature(type(model).forward).parameters  # the class's: a spy on the instance hides it
-    return {"cache" if "cache" in parameters else "past_key_values": cache}
+    return {_cache_keyword(type(model)): cache}  # the class's forward: a spy on the instance hides it
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:  # read once per class, not on every decode
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

@@ -75,7 +75,8 @@ def average_students(students: Sequence[str], output_dir: str | Path) -> SoupRes
     out = Path(output_dir)
     _check_out(out, students)
 
-    total: dict[str, Any] | None = None
+    total: dict[str, Any] = {}
+    shapes: dict[str, tuple[int, ...]] = {}  # the first student's, which every other must match
     first: Any = None
     for spec in track(students, description="averaging students", transient=True):
         model = load_chat_model(spec)
@@ -85,16 +86,16 @@ def average_students(students: Sequence[str], output_dir: str | Path) -> SoupRes
         if first is None:
             first = model
             total = {name: w.detach().to(torch.float32, copy=True) for name, w in weights.items()}
+            shapes = {name: tuple(w.shape) for name, w in total.items()}
             continue
         if model.prompt_style != first.prompt_style:
             raise UserError(f"student `{spec}` prompts in the {model.prompt_style!r} style, `{students[0]}` in "
                             f"{first.prompt_style!r}: a soup's students must be trained on the same prompts")
         if model.tokenizer.get_vocab() != first.tokenizer.get_vocab():
             raise UserError(f"student `{spec}` has another tokenizer than `{students[0]}`")
-        shapes = {name: tuple(w.shape) for name, w in weights.items()}
-        expected = {name: tuple(w.shape) for name, w in total.items()}
-        if shapes != expected:
-            differ = sorted(set(shapes) ^ set(expected)) or sorted(n for n in shapes if shapes[n] != expected[n])
+        theirs = {name: tuple(w.shape) for name, w in weights.items()}
+        if theirs != shapes:
+            differ = sorted(set(theirs) ^ set(shapes)) or sorted(n for n in theirs if theirs[n] != shapes[n])
             raise UserError(f"student `{spec}` is not the same architecture as `{students[0]}` "
                             f"(weights differ: {', '.join(differ[:3])})")
         for name, w in weights.items():
