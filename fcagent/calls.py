@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from fcagent.records import StepError
 
 __all__ = ["Call", "CallParseError", "parse_calls", "looks_like_call", "format_calls", "schema_error", "calls_error",
-           "MAX_CALL_TEXT_CHARS", "ARGUMENT_KEYS"]
+           "drop_ungrounded_arguments", "MAX_CALL_TEXT_CHARS", "ARGUMENT_KEYS"]
 
 # Model output longer than this is refused before parsing: a 135M model that loops can emit
 # megabytes, and nested structures that deep are never a real call.
@@ -204,6 +204,28 @@ def format_calls(calls: list[Call]) -> str:
     """The text-protocol rendering of calls (what a teacher writes and the parser reads back)."""
     objs = [{"name": c.name, "arguments": c.args} for c in calls]
     return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
+
+
+def _spoken(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def drop_ungrounded_arguments(calls: list[Call], tools: list[dict[str, Any]], conversation: str) -> list[Call]:
+    """`calls` with every optional string argument whose value `conversation` never states removed, so
+    the function's own default applies. A small model fills optional parameters with values it invents
+    (`case_type="civil"` for "lawsuits against Google"); a value the user or a tool result wrote is kept
+    (case and spacing aside). Required arguments, non-string values and calls to functions not in
+    `tools` are left alone; a call that loses nothing is returned as the same object."""
+    said = _spoken(conversation)
+    by_name = {t.get("function", t).get("name"): t.get("function", t) for t in tools}
+    kept: list[Call] = []
+    for call in calls:
+        fn = by_name.get(call.name)
+        required = set(((fn or {}).get("parameters") or {}).get("required") or [])
+        args = {k: v for k, v in call.args.items()
+                if fn is None or k in required or not isinstance(v, str) or _spoken(v) in said}
+        kept.append(call if len(args) == len(call.args) else call.model_copy(update={"args": args}))
+    return kept
 
 
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "integer": int, "number": (int, float),

@@ -21,7 +21,10 @@ a reply that is a call streams as one final chunk carrying its `tool_call_chunks
 that fit their schemas becomes `tool_calls` (content empty, as chat APIs return them); a call to an
 unknown function, with schema-invalid arguments, or one that cannot be read becomes
 `invalid_tool_calls` with the reason in `error` (content keeps the text); a reply in words is an
-answer. Without tools (the text protocol) the reply is text and the graph parses it.
+answer. Without tools (the text protocol) the reply is text and the graph parses it. With
+`drop_ungrounded` (off by default), a reply's calls first lose every optional string argument whose
+value no user message or tool result states (`drop_ungrounded_from_reply`), in either protocol, before
+anything is streamed, parsed or recorded.
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
 from fcagent import keys
 from fcagent.batching import RequestBatcher
-from fcagent.calls import Call, CallParseError, calls_error, looks_like_call, parse_calls
+from fcagent.calls import (Call, CallParseError, calls_error, drop_ungrounded_arguments, format_calls, looks_like_call,
+                           parse_calls)
 from fcagent.generation import DecodeRequest, DecodeSettings, Decoded, Generator, call_end
 from fcagent.prefix_cache import PrefixCache
 from fcagent.prompting import PromptStyle, render_system_prompt, to_chat_dicts, tool_schemas
@@ -99,6 +103,10 @@ class LocalChatModel(BaseChatModel):
     constrain_calls: Literal["one", "many"] = Field(
         default="one", description="What the call grammar allows a reply: `one` call, or `many` (one call or a list "
         "of calls, for parallel calling: BFCL's parallel categories).")
+    drop_ungrounded: bool = Field(
+        default=False, description="Remove from a reply's calls every optional string argument whose value no "
+        "user message or tool result states, so the function's default applies (see "
+        "`fcagent.calls.drop_ungrounded_arguments`). Off: the calls are the model's own.")
     hf_model: Any = Field(default=None, exclude=True)
     tokenizer: Any = Field(default=None, exclude=True)
     # Shared by model_copy()s (a shallow copy): one model in memory, one queue, one prompt cache.
@@ -184,16 +192,21 @@ class LocalChatModel(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         tools = kwargs.get("tools")
-        grammar_tools = _grammar_tools(tools, run_manager) if self.constrain else None
+        offered = _offered_tools(tools, run_manager)
+        grammar_tools = offered if self.constrain else None
+        grounded_by = messages if self.drop_ungrounded and offered else None
         settings = self.settings_for(kwargs, stop, grammar=bool(grammar_tools))
         message_id = f"lc_run--{run_manager.run_id}" if run_manager else None
         streams = run_manager is not None and settings.n == 1
-        as_call = bool(tools) and looks_like_call(settings.prefix)  # a forced call prefix: no text to stream
+        # A reply that is a call is held back from the stream where it may still change: parsed into
+        # tool_calls (tools bound), or its invented arguments dropped (`drop_ungrounded`).
+        holds_calls = bool(tools) or grounded_by is not None
+        as_call = holds_calls and looks_like_call(settings.prefix)  # a forced call prefix: no text to stream
 
         def sink(index: int, piece: str) -> None:
             # Text answers stream token by token; a reply that is a call is handed over whole, at the end.
             nonlocal as_call
-            if not as_call and tools and looks_like_call(sent[0] + piece):
+            if not as_call and holds_calls and looks_like_call(sent[0] + piece):
                 as_call = True
             if not as_call:
                 sent[0] += piece
@@ -208,7 +221,10 @@ class LocalChatModel(BaseChatModel):
         elapsed = time.perf_counter() - started
         generations = []
         for i, (text, count, truncated) in enumerate(zip(decoded.texts, decoded.completion_tokens, decoded.truncated)):
-            msg = reply_message(settings.prefix + text, tools)
+            reply = settings.prefix + text
+            if grounded_by is not None:
+                reply = drop_ungrounded_from_reply(reply, offered, grounded_by)  # type: ignore[arg-type]
+            msg = reply_message(reply, tools)
             msg.usage_metadata = {"input_tokens": decoded.prompt_tokens, "output_tokens": count,
                                   "total_tokens": decoded.prompt_tokens + count}
             msg.response_metadata = {"model_name": self.model_name, "latency_s": elapsed,
@@ -242,7 +258,23 @@ def _run_owned(items: list[tuple[LocalChatModel, DecodeRequest]]) -> list[Decode
     return items[0][0]._run_batch([request for _, request in items])
 
 
-def _grammar_tools(tools: list[dict[str, Any]] | None, run_manager: Any) -> list[dict[str, Any]] | None:
-    """The functions a constrained reply may call: the bound tools, or in the text protocol (schemas in
-    the prompt, none bound) the ones the graph put in the run's metadata for the recorder."""
+def _offered_tools(tools: list[dict[str, Any]] | None, run_manager: Any) -> list[dict[str, Any]] | None:
+    """The functions a reply may call: the bound tools, or in the text protocol (schemas in the prompt,
+    none bound) the ones the graph put in the run's metadata for the recorder."""
     return tools or (getattr(run_manager, "metadata", None) or {}).get(keys.TOOLS)
+
+
+def drop_ungrounded_from_reply(reply: str, tools: list[dict[str, Any]], messages: list[BaseMessage]) -> str:
+    """The reply with its calls' ungrounded optional string arguments removed (`drop_ungrounded_arguments`;
+    what counts as stated: user messages and tool results, not system prompts, which hold the functions'
+    own descriptions and examples, nor the model's earlier turns). A reply that is not a readable call,
+    or loses nothing, is returned unchanged."""
+    if not looks_like_call(reply):
+        return reply
+    try:
+        calls = parse_calls(reply)
+    except CallParseError:
+        return reply
+    said = "\n".join(m.text for m in messages if isinstance(m, (HumanMessage, ToolMessage)))
+    kept = drop_ungrounded_arguments(calls, tools, said)
+    return reply if all(a is b for a, b in zip(kept, calls)) else format_calls(kept)
