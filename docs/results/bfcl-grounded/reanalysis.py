@@ -3,7 +3,7 @@ re-scored after `drop_ungrounded_arguments`: what `?drop_ungrounded=true` would 
 one-call problems: the option changes nothing but the reply's arguments, so re-scoring the saved reply
 equals decoding again with it. Prints a markdown table.
 
-    python docs/results/bfcl-grounded/reanalysis.py > docs/results/bfcl-grounded/reanalysis.md
+    python docs/results/bfcl-grounded/reanalysis.py > docs/results/bfcl-grounded/reanalysis.md   # from the repository root
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ ROWS = ROOT / "docs/results/bfcl-soup/simple_python-all/results"
 
 
 def main() -> None:
-    problems = {p.id: p for p in get_task("bfcl:simple_python", data_dir=ROOT.parent / "shared/data").load(split="test")}
+    problems = {p.id: p for p in get_task("bfcl:simple_python").load(split="test")}  # ./data, ../shared/data, $FCAGENT_DATA
     print("| model (docs/results/bfcl-soup) | as decoded | ungrounded dropped | fixed | broken |")
     print("|---|---|---|---|---|")
     for path in sorted(ROWS.glob("*.jsonl")):
