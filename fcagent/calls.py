@@ -206,6 +206,12 @@ def format_calls(calls: list[Call]) -> str:
     return json.dumps(objs[0] if len(objs) == 1 else objs, ensure_ascii=False)
 
 
+def functions_by_name(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The offered functions by name, from OpenAI-style schemas (`{"type": "function", "function": {...}}`)
+    or bare function docs."""
+    return {t.get("function", t).get("name"): t.get("function", t) for t in tools}
+
+
 def _spoken(text: str) -> str:
     return " ".join(text.split()).casefold()
 
@@ -217,7 +223,7 @@ def drop_ungrounded_arguments(calls: list[Call], tools: list[dict[str, Any]], co
     (case and spacing aside). Required arguments, non-string values and calls to functions not in
     `tools` are left alone; a call that loses nothing is returned as the same object."""
     said = _spoken(conversation)
-    by_name = {t.get("function", t).get("name"): t.get("function", t) for t in tools}
+    by_name = functions_by_name(tools)
     kept: list[Call] = []
     for call in calls:
         fn = by_name.get(call.name)
@@ -254,7 +260,7 @@ def schema_error(parameters: dict[str, Any], args: dict[str, Any]) -> str | None
 def calls_error(calls: list[dict[str, Any]], tools: list[dict[str, Any]]) -> StepError | None:
     """The first reason `calls` ({"name", "args"}) do not fit the offered tools (OpenAI-style
     schemas), as a typed `StepError` (`unknown_function` or `invalid_arguments`); None when they fit."""
-    by_name = {t.get("function", t).get("name"): t.get("function", t) for t in tools}
+    by_name = functions_by_name(tools)
     for call in calls:
         fn = by_name.get(call["name"])
         if fn is None:

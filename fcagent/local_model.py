@@ -194,13 +194,13 @@ class LocalChatModel(BaseChatModel):
         tools = kwargs.get("tools")
         offered = _offered_tools(tools, run_manager)
         grammar_tools = offered if self.constrain else None
-        grounded_by = messages if self.drop_ungrounded and offered else None
+        drops_ungrounded = bool(self.drop_ungrounded and offered)
         settings = self.settings_for(kwargs, stop, grammar=bool(grammar_tools))
         message_id = f"lc_run--{run_manager.run_id}" if run_manager else None
         streams = run_manager is not None and settings.n == 1
         # A reply that is a call is held back from the stream where it may still change: parsed into
         # tool_calls (tools bound), or its invented arguments dropped (`drop_ungrounded`).
-        holds_calls = bool(tools) or grounded_by is not None
+        holds_calls = bool(tools) or drops_ungrounded
         as_call = holds_calls and looks_like_call(settings.prefix)  # a forced call prefix: no text to stream
 
         def sink(index: int, piece: str) -> None:
@@ -222,8 +222,8 @@ class LocalChatModel(BaseChatModel):
         generations = []
         for i, (text, count, truncated) in enumerate(zip(decoded.texts, decoded.completion_tokens, decoded.truncated)):
             reply = settings.prefix + text
-            if grounded_by is not None:
-                reply = drop_ungrounded_from_reply(reply, offered, grounded_by)  # type: ignore[arg-type]
+            if drops_ungrounded:
+                reply = drop_ungrounded_from_reply(reply, offered or [], messages)
             msg = reply_message(reply, tools)
             msg.usage_metadata = {"input_tokens": decoded.prompt_tokens, "output_tokens": count,
                                   "total_tokens": decoded.prompt_tokens + count}
