@@ -216,20 +216,75 @@ def _spoken(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+_MONTHS = {name: number for number, names in enumerate(
+    [("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"), ("may",), ("june", "jun"),
+     ("july", "jul"), ("august", "aug"), ("september", "sep", "sept"), ("october", "oct"),
+     ("november", "nov"), ("december", "dec")], start=1) for name in names}
+_MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+_YEAR = r"(?:,?\s+(\d{4}))?"
+# A date as an argument value: 2023-04-25 (also with / or .), or 04/25/2023.
+_VALUE_DATES = (re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})"), re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})"))
+# ... and as people write it: "April 25th, 2023", "25 April 2023", "the 25th of April", 2023-04-25, 4/25/2023.
+_TEXT_DATES = (
+    (re.compile(rf"\b{_MONTH}\s+{_DAY}\b{_YEAR}"), ("month", "day", "year")),
+    (re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}{_YEAR}"), ("day", "month", "year")),
+    (re.compile(r"\b(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b"), ("year", "month", "day")),
+    (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b"), ("month", "day", "year")),
+)
+
+
+def _value_date(value: str) -> tuple[int, int, int] | None:
+    """(year, month, day) when `value` is nothing but a date written with digits."""
+    iso, us = (pattern.fullmatch(value.strip()) for pattern in _VALUE_DATES)
+    if iso:
+        return int(iso[1]), int(iso[2]), int(iso[3])
+    if us:
+        return int(us[3]), int(us[1]), int(us[2])
+    return None
+
+
+def _stated_dates(said: str) -> list[tuple[int | None, int, int]]:
+    """Every date `said` (casefolded) writes, in words or digits: (year or None, month, day)."""
+    dates = []
+    for pattern, order in _TEXT_DATES:
+        for match in pattern.finditer(said):
+            parts = dict(zip(order, match.groups(), strict=True))
+            month = _MONTHS.get(parts["month"]) or (int(parts["month"]) if parts["month"].isdigit() else 0)
+            dates.append((int(parts["year"]) if parts["year"] else None, month, int(parts["day"])))
+    return dates
+
+
 def drop_ungrounded_arguments(calls: list[Call], tools: list[dict[str, Any]], conversation: str) -> list[Call]:
     """`calls` with every optional string argument whose value `conversation` never states removed, so
     the function's own default applies. A small model fills optional parameters with values it invents
     (`case_type="civil"` for "lawsuits against Google"); a value the user or a tool result wrote is kept
-    (case and spacing aside). Required arguments, non-string values and calls to functions not in
-    `tools` are left alone; a call that loses nothing is returned as the same object."""
+    (case and spacing aside), and so is a date written with digits that the conversation states in any
+    common form ("2023-04-25" for "April 25th 2023", or for "April 25" with no year said). Required
+    arguments, non-string values and calls to functions not in `tools` are left alone; a call that
+    loses nothing is returned as the same object."""
     said = _spoken(conversation)
+    stated_dates: list[tuple[int | None, int, int]] | None = None  # parsed once, when a value is a date
+
+    def stated(value: str) -> bool:
+        nonlocal stated_dates
+        if _spoken(value) in said:
+            return True
+        date = _value_date(value)
+        if date is None:
+            return False
+        if stated_dates is None:
+            stated_dates = _stated_dates(said)
+        year, month, day = date
+        return any(m == month and d == day and y in (None, year) for y, m, d in stated_dates)
+
     by_name = functions_by_name(tools)
     kept: list[Call] = []
     for call in calls:
         fn = by_name.get(call.name)
         required = set(((fn or {}).get("parameters") or {}).get("required") or [])
         args = {k: v for k, v in call.args.items()
-                if fn is None or k in required or not isinstance(v, str) or _spoken(v) in said}
+                if fn is None or k in required or not isinstance(v, str) or stated(v)}
         kept.append(call if len(args) == len(call.args) else call.model_copy(update={"args": args}))
     return kept
 

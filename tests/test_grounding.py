@@ -45,6 +45,28 @@ def test_only_optional_strings_the_conversation_never_states_are_dropped():
     assert multi.args["unit"] == "deg c"
 
 
+BOOKING = [{"type": "function", "function": {"name": "book", "parameters": {
+    "type": "object", "properties": {"hotel": {"type": "string"}, "date": {"type": "string"}}, "required": ["hotel"]}}}]
+
+
+@pytest.mark.parametrize(("said", "kept"), [
+    ("Book the Ritz for April 25th 2023", True),
+    ("Book the Ritz on the 25th of April", True),          # no year said: the model's year is not contradicted
+    ("Book the Ritz on 25 Apr., 2023", True),
+    ("Book the Ritz on 4/25/2023", True),
+    ("Book the Ritz on 2023-4-25", True),
+    ("Book the Ritz for April 26th 2023", False),          # another day
+    ("Book the Ritz for April 25th 2024", False),          # another year
+    ("Book the Ritz in April 2023", False),                # no day said: the 25th is invented
+])
+def test_a_date_the_conversation_states_in_words_is_not_ungrounded(said, kept):
+    (call,) = drop_ungrounded_arguments([Call(name="book", args={"hotel": "Ritz", "date": "2023-04-25"})], BOOKING, said)
+    assert ("date" in call.args) is kept
+    (us,) = drop_ungrounded_arguments([Call(name="book", args={"hotel": "Ritz", "date": "04/25/2023"})], BOOKING, said)
+    assert ("date" in us.args) is kept
+
+
+
 def test_what_counts_as_stated_is_user_and_tool_messages_not_the_system_prompt_nor_the_model():
     reply = json.dumps({"name": "get_weather", "arguments": {"city": "Paris", "unit": "kelvin"}})
     system = SystemMessage("get_weather(city, unit): unit is one of celsius, kelvin")
