@@ -20,3 +20,8 @@ g='?constrain=llguidance' d='&drop_ungrounded=true'
 fcagent eval --task bfcl:simple_python --limit 165 --out $here/simple_python-all \
   --model "soup-s2s3+llguidance+drop=runs/bfcl-soup-s2s3$g$d" --model "soup-s2s3+llguidance=runs/bfcl-soup-s2s3$g" \
   --model "soup-s3ep23+llguidance+drop=runs/bfcl-soup-s3ep23$g$d" --model "s3+llguidance+drop=$s3$g$d"
+# Added after the rows above were seen, before this one was decoded: the two-seed soup on the held-out
+# categories docs/results/bfcl-grounded checked its option on (multiple 67, live_simple 80), beside that
+# run's soup of s2's epochs (67/147 with the option).
+fcagent eval --task bfcl:multiple+live_simple --limit 147 --out $here/multiple+live_simple \
+  --model "soup-s2s3+llguidance+drop=runs/bfcl-soup-s2s3$g$d"
