@@ -223,36 +223,37 @@ _MONTHS = {name: number for number, names in enumerate(
 _MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
 _DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
 _YEAR = r"(?:,?\s+(\d{4}))?"
-# A date as an argument value: 2023-04-25 (also with / or .), or 04/25/2023.
-_VALUE_DATES = (re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})"), re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})"))
-# ... and as people write it: "April 25th, 2023", "25 April 2023", "the 25th of April", 2023-04-25, 4/25/2023.
+# A date written with digits: 2023-04-25 (also with / or .), or 04/25/2023 — an argument value, or in the text.
+_DIGIT_DATES = ((r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})", ("year", "month", "day")),
+                (r"(\d{1,2})/(\d{1,2})/(\d{4})", ("month", "day", "year")))
+_VALUE_DATES = tuple((re.compile(pattern), order) for pattern, order in _DIGIT_DATES)
+# ... and as people write it too: "April 25th, 2023", "25 April 2023", "the 25th of April".
 _TEXT_DATES = (
     (re.compile(rf"\b{_MONTH}\s+{_DAY}\b{_YEAR}"), ("month", "day", "year")),
     (re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}{_YEAR}"), ("day", "month", "year")),
-    (re.compile(r"\b(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b"), ("year", "month", "day")),
-    (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b"), ("month", "day", "year")),
+    *((re.compile(rf"\b{pattern}\b"), order) for pattern, order in _DIGIT_DATES),
 )
 
 
-def _value_date(value: str) -> tuple[int, int, int] | None:
+def _date(match: re.Match[str], order: tuple[str, str, str]) -> tuple[int | None, int, int]:
+    """(year or None, month, day) from a match whose groups are named by `order`."""
+    parts = dict(zip(order, match.groups(), strict=True))
+    month = _MONTHS.get(parts["month"]) or (int(parts["month"]) if parts["month"].isdigit() else 0)
+    return (int(parts["year"]) if parts["year"] else None, month, int(parts["day"]))
+
+
+def _value_date(value: str) -> tuple[int | None, int, int] | None:
     """(year, month, day) when `value` is nothing but a date written with digits."""
-    iso, us = (pattern.fullmatch(value.strip()) for pattern in _VALUE_DATES)
-    if iso:
-        return int(iso[1]), int(iso[2]), int(iso[3])
-    if us:
-        return int(us[3]), int(us[1]), int(us[2])
+    for pattern, order in _VALUE_DATES:
+        match = pattern.fullmatch(value.strip())
+        if match:
+            return _date(match, order)
     return None
 
 
 def _stated_dates(said: str) -> list[tuple[int | None, int, int]]:
     """Every date `said` (casefolded) writes, in words or digits: (year or None, month, day)."""
-    dates = []
-    for pattern, order in _TEXT_DATES:
-        for match in pattern.finditer(said):
-            parts = dict(zip(order, match.groups(), strict=True))
-            month = _MONTHS.get(parts["month"]) or (int(parts["month"]) if parts["month"].isdigit() else 0)
-            dates.append((int(parts["year"]) if parts["year"] else None, month, int(parts["day"])))
-    return dates
+    return [_date(match, order) for pattern, order in _TEXT_DATES for match in pattern.finditer(said)]
 
 
 def drop_ungrounded_arguments(calls: list[Call], tools: list[dict[str, Any]], conversation: str) -> list[Call]:
