@@ -11,7 +11,7 @@ For the same BFCL simple_python function sets and the same tokenizer (SmolLM2's,
 
 xgrammar is optional (`pip install 'fcagent[bench]'`; it pulls ~1 GB of triton); without it only
 llguidance is measured. Accuracy with and without the constraint is `fcagent eval` with
-`SPEC?constrain=llguidance` beside `SPEC` (README, Results).
+`SPEC?constrain=llguidance` beside `SPEC` (docs/results/bfcl/README.md).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def run(problems: int = 20, max_new: int = 64) -> dict[str, Any]:
     import torch
     from langchain_core.messages import HumanMessage
 
-    from fcagent.constrained import BACKENDS, Constrainer
-    from fcagent.models import load_chat_model
-    from fcagent.prompting import tool_schemas
+    from fcagent.agent.prompting import tool_schemas
+    from fcagent.models.loading import load_chat_model
+    from fcagent.models.local.constrained import BACKENDS, Constrainer
     from fcagent.tasks import get_task
 
     task = get_task("bfcl:simple_python")

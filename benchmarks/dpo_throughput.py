@@ -32,9 +32,9 @@ def matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 def make_pairs(out: Path) -> Path:
     """A small, fixed pair set from the reference teacher and deliberately broken rejections (BFCL)."""
-    from fcagent.export import export_preference_pairs
-    from fcagent.harvest import harvest
-    from fcagent.testing import ScriptedChatModel
+    from fcagent.agent.testing import ScriptedChatModel
+    from fcagent.data.export import export_preference_pairs
+    from fcagent.pipeline.harvest import harvest
 
     db = out / "pairs.db"
     harvest(task="bfcl:simple_python", teacher="reference", limit=24, store=db)
@@ -45,7 +45,8 @@ def make_pairs(out: Path) -> Path:
 
 
 def run(pairs: Path | None, steps: int) -> dict:
-    from fcagent.train import TrainSettings, train
+    from fcagent.training.settings import TrainSettings
+    from fcagent.training.train import train
 
     work = Path(tempfile.mkdtemp(prefix="fcagent-dpo-bench-"))
     pairs = pairs or make_pairs(work)

@@ -18,9 +18,9 @@ import time
 import uuid
 from pathlib import Path
 
-from fcagent.export import export_preference_pairs
-from fcagent.records import context_hash
-from fcagent.store import TraceStore
+from fcagent.core.records import context_hash
+from fcagent.data.export import export_preference_pairs
+from fcagent.tracing.store import TraceStore
 
 
 def synthetic_episode(i: int) -> dict:

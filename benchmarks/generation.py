@@ -30,7 +30,7 @@ def _prompts(n: int) -> list[list]:
     """The first step's messages of `n` BFCL problems, as the graph's text protocol builds them."""
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    from fcagent.prompting import render_system_prompt, tool_schemas
+    from fcagent.agent.prompting import render_system_prompt, tool_schemas
     from fcagent.tasks import get_task
 
     task = get_task("bfcl:simple_python")
@@ -66,7 +66,7 @@ def _llama_cpp(texts: list[str], k: int, max_new: int, temperature: float, threa
     except ImportError as exc:
         return {"skipped": f"llama-cpp-python is not installed ({exc}); `pip install 'fcagent[bench]'` builds it "
                            "from source (~4 min on 2 cores)"}
-    from fcagent.models import bundled_gguf_path
+    from fcagent.models.loading import bundled_gguf_path
 
     with _no_extra_buffer_types(llama_cpp.llama_cpp):
         llm = llama_cpp.Llama(model_path=str(bundled_gguf_path()), n_ctx=2048, n_threads=threads,
@@ -89,7 +89,7 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
         with_llama_cpp: bool = True) -> dict[str, Any]:
     import torch
 
-    from fcagent.models import load_chat_model
+    from fcagent.models.loading import load_chat_model
 
     chat = load_chat_model("bundled:smollm2-135m", max_new_tokens=max_new, temperature=temperature,
                            stop_at_call_end=False, stop_sequences=[])

@@ -16,7 +16,7 @@ import json
 import re
 import time
 
-from fcagent.redact import Redactor, _rule
+from fcagent.tracing.redact import Redactor, _rule
 
 PREVIOUS_RULES = [
     _rule("PRIVATE_KEY", r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),

@@ -24,8 +24,17 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="Also time `distill --preset quick` stage by stage.")
     parser.add_argument("--resume", action="store_true", help="Keep results already in results.json; run the rest.")
     args = parser.parse_args()
-    from benchmarks import (constrained, dpo_throughput, export_scale, generation, redaction, stages, store_writers,
-                            student_cost, tracing)
+    from benchmarks import (
+        constrained,
+        dpo_throughput,
+        export_scale,
+        generation,
+        redaction,
+        stages,
+        store_writers,
+        student_cost,
+        tracing,
+    )
 
     path = HERE / "results.json"
     results: dict = json.loads(path.read_text()) if args.resume and path.exists() else {}

@@ -27,7 +27,7 @@ from typing import Any
 
 
 def _requests(n: int, max_tokens: int) -> list[dict[str, Any]]:
-    from fcagent.prompting import tool_schemas
+    from fcagent.agent.prompting import tool_schemas
     from fcagent.tasks import get_task
 
     task = get_task("bfcl:simple_python")
@@ -61,8 +61,8 @@ def _load(url: str, requests: list[dict[str, Any]], clients: int) -> dict[str, A
 def run(requests: int = 32, clients: int = 8, max_tokens: int = 48) -> dict[str, Any]:
     import torch
 
-    from fcagent.models import load_chat_model
-    from fcagent.serve import ServeSettings, background_server, create_app
+    from fcagent.models.loading import load_chat_model
+    from fcagent.serving.app import ServeSettings, background_server, create_app
 
     bodies = _requests(requests, max_tokens)
     results: dict[str, Any] = {"requests": requests, "clients": clients, "max_tokens": max_tokens,

@@ -27,7 +27,7 @@ def _shown(folder: Path) -> str:
 
 
 def run(task: str = "bfcl:simple_python", out: str | Path | None = None, compare_trl: bool = False) -> dict[str, Any]:
-    from fcagent.distill import distill
+    from fcagent.pipeline.distill import distill
 
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="fcagent-stages-bench-"))
     if (folder / "timings.json").exists():

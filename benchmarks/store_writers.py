@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.export_scale import synthetic_episode
-from fcagent.store import TraceStore
+from fcagent.tracing.store import TraceStore
 
 
 def _write(path: str, start: int, count: int) -> None:

@@ -23,9 +23,9 @@ from typing import Any
 
 def _measure(name: str, spec: str, task: Any, problems: list, tokenizer: Any, work: Path,
              model_kwargs: dict[str, Any]) -> dict[str, Any]:
-    from fcagent.models import resolve_model
-    from fcagent.runner import run_problems
-    from fcagent.store import TraceStore
+    from fcagent.models.loading import resolve_model
+    from fcagent.pipeline.runner import run_problems
+    from fcagent.tracing.store import TraceStore
 
     chat = resolve_model(spec, problems, **({} if spec == "reference" else model_kwargs))
     store = TraceStore(work / f"{name}.db")
@@ -50,7 +50,7 @@ def _measure(name: str, spec: str, task: Any, problems: list, tokenizer: Any, wo
 
 def run(task: str = "bfcl:simple_python", problems: int = 10, teacher: str = "reference",
         student: str = "bundled:smollm2-135m") -> dict[str, Any]:
-    from fcagent.models import load_chat_model
+    from fcagent.models.loading import load_chat_model
     from fcagent.tasks import get_task
 
     t = get_task(task)

@@ -31,7 +31,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 
 from fcagent import TraceRecorder, TraceStore, build_agent_graph
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.testing import ScriptedChatModel
 
 EVENTS_PER_RUN = 3  # captured events: 2 model calls + 1 tool call
 

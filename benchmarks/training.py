@@ -64,9 +64,9 @@ def bf16_ceiling_tokens_per_second() -> float:
 
 
 def make_data(work: Path, problems: int) -> dict[str, Path]:
-    from fcagent.export import export_preference_pairs, export_sft
-    from fcagent.harvest import harvest
-    from fcagent.testing import ScriptedChatModel
+    from fcagent.agent.testing import ScriptedChatModel
+    from fcagent.data.export import export_preference_pairs, export_sft
+    from fcagent.pipeline.harvest import harvest
 
     db = work / "traces.db"
     harvest(task="logic:prontoqa", teacher="reference", limit=problems, store=db)
@@ -107,9 +107,10 @@ def one(spec: dict) -> dict:
     """Runs in its own process: trains `steps` steps of one configuration and measures it."""
     import importlib
 
-    from fcagent.train import TrainSettings, train
+    from fcagent.training.settings import TrainSettings
+    from fcagent.training.train import train
 
-    train_module = importlib.import_module("fcagent.train")  # the module (the package exports the function)
+    train_module = importlib.import_module("fcagent.training.train")  # the module (the package exports the function)
 
     timer = _StepTimes()
     original_fit = train_module._fit

@@ -1,18 +1,23 @@
 """Preference pairs whose rejected side is sampled under the grammar (value errors, not format errors):
 the SFT student + llguidance replays 80 teacher contexts x 4; SFT->DPO from the same SFT adapter; both
-evaluated with the grammar on the same 100 BFCL problems (README, Results; ~21 min on 2 CPU cores).
+evaluated with the grammar on the same 100 BFCL problems (docs/results/bfcl/value-error-pairs/).
 
     python examples/bfcl_value_error_pairs.py runs/bfcl/runs/sft runs/bfcl-value-pairs
 """
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
-from fcagent.harvest import harvest
-from fcagent.replay import replay
-from fcagent.export import export_preference_pairs
-from fcagent.models import load_chat_model
-from fcagent.train import train, TrainSettings
-from fcagent.evaluate import evaluate
+
+from fcagent.data.export import export_preference_pairs
+from fcagent.models.loading import load_chat_model
+from fcagent.pipeline.evaluate import evaluate
+from fcagent.pipeline.harvest import harvest
+from fcagent.pipeline.replay import replay
 from fcagent.tasks import get_task
+from fcagent.training.settings import TrainSettings
+from fcagent.training.train import train
+
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "runs/bfcl-value-pairs"); store = out / "traces.db"; task = "bfcl:simple_python"
 SFT = sys.argv[1] if len(sys.argv) > 1 else "runs/bfcl/runs/sft"  # an SFT run folder (distill makes one)
 t = get_task(task); kw = {"max_new_tokens": t.max_new_tokens, "response_prefix": '{"name": "'}

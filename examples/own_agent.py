@@ -16,9 +16,18 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import ToolException, tool
 
-from fcagent import (StudentMiddleware, TraceRecorder, TraceStore, TrainSettings, export_preference_pairs, export_sft,
-                     load_chat_model, read_feedback, train)
-from fcagent.testing import ScriptedChatModel
+from fcagent import (
+    StudentMiddleware,
+    TraceRecorder,
+    TraceStore,
+    TrainSettings,
+    export_preference_pairs,
+    export_sft,
+    load_chat_model,
+    read_feedback,
+    train,
+)
+from fcagent.agent.testing import ScriptedChatModel
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/own-agent")
 out.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,17 @@ pipeline: `fcagent distill --preset quick`).
 import sys
 from pathlib import Path
 
-from fcagent import (ReferenceTeacher, TraceRecorder, TraceStore, build_agent_graph, export_preference_pairs,
-                     export_sft, get_task, load_chat_model)
-from fcagent.export import ExportError
+from fcagent import (
+    ReferenceTeacher,
+    TraceRecorder,
+    TraceStore,
+    build_agent_graph,
+    export_preference_pairs,
+    export_sft,
+    get_task,
+    load_chat_model,
+)
+from fcagent.data.rows import ExportError
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/quickstart")
 out.mkdir(parents=True, exist_ok=True)

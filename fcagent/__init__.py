@@ -1,65 +1,95 @@
-"""fcagent: turn a function-calling agent's own traces into a cheaper model."""
+"""fcagent: turn a function-calling agent's own traces into a cheaper model.
 
-from fcagent.calls import Call, CallParseError, format_calls, parse_calls
-from fcagent.constrained import Constrainer, call_schema
-from fcagent.errors import RunFailure, UserError
-from fcagent.graph import AgentState, build_agent_graph
-from fcagent.compare import compare_seeds
-from fcagent.distill import distill
-from fcagent.evaluate import evaluate
-from fcagent.export import export_preference_pairs, export_sft
-from fcagent.feedback import read_feedback
-from fcagent.harvest import harvest
-from fcagent.middleware import StudentMiddleware, TraceMiddleware
-from fcagent.models import load_chat_model
-from fcagent.recorder import TraceRecorder
-from fcagent.redact import Redactor
-from fcagent.store import TraceStore
-from fcagent.records import Label, StepError
-from fcagent.tasks import Problem, Task, Verdict, get_task
-from fcagent.replay import replay
-from fcagent.soup import average_students
-from fcagent.teacher import ReferenceTeacher
-from fcagent.train import LoraSettings, TrainSettings, train, train_dpo, train_sft
+The public names below are imported on first use (PEP 562), so `import fcagent` and `fcagent --help`
+load nothing heavy: LangGraph alone takes over a second to import. The packages follow the data flow
+(see docs/architecture.md): tasks and agent → tracing → data → models → training → routing and
+serving → pipeline.
+"""
 
-__all__ = [
-    "AgentState",
-    "Call",
-    "CallParseError",
-    "Constrainer",
-    "Label",
-    "Problem",
-    "Redactor",
-    "ReferenceTeacher",
-    "RunFailure",
-    "StepError",
-    "Task",
-    "TraceMiddleware",
-    "TraceRecorder",
-    "TraceStore",
-    "UserError",
-    "Verdict",
-    "LoraSettings",
-    "StudentMiddleware",
-    "TrainSettings",
-    "average_students",
-    "build_agent_graph",
-    "call_schema",
-    "compare_seeds",
-    "distill",
-    "evaluate",
-    "export_preference_pairs",
-    "export_sft",
-    "harvest",
-    "replay",
-    "train",
-    "train_dpo",
-    "train_sft",
-    "format_calls",
-    "get_task",
-    "load_chat_model",
-    "parse_calls",
-    "read_feedback",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    # core
+    "Call": "fcagent.core.calls", "CallParseError": "fcagent.core.calls", "format_calls": "fcagent.core.calls",
+    "parse_calls": "fcagent.core.calls",
+    "UserError": "fcagent.core.errors", "RunFailure": "fcagent.core.errors", "StoreError": "fcagent.core.errors",
+    "StoreWriteError": "fcagent.core.errors",
+    "Label": "fcagent.core.records", "StepError": "fcagent.core.records", "LabelSource": "fcagent.core.records",
+    "PairSource": "fcagent.core.records",
+    # tasks and the agent
+    "Problem": "fcagent.tasks", "Task": "fcagent.tasks", "Verdict": "fcagent.tasks", "get_task": "fcagent.tasks",
+    "AgentState": "fcagent.agent.graph", "build_agent_graph": "fcagent.agent.graph",
+    "PromptStyle": "fcagent.agent.prompting",
+    "ReferenceTeacher": "fcagent.agent.teacher",
+    # tracing
+    "TraceStore": "fcagent.tracing.store", "TraceRecorder": "fcagent.tracing.recorder",
+    "TraceMiddleware": "fcagent.tracing.middleware", "Redactor": "fcagent.tracing.redact",
+    "read_feedback": "fcagent.tracing.feedback",
+    # data
+    "export_preference_pairs": "fcagent.data.export", "export_sft": "fcagent.data.export",
+    "ExportLayout": "fcagent.data.layout", "load_pairs": "fcagent.data.rows",
+    # models
+    "load_chat_model": "fcagent.models.loading", "ModelSpec": "fcagent.models.spec",
+    "Constrainer": "fcagent.models.local.constrained", "call_schema": "fcagent.models.local.constrained",
+    # training
+    "LoraSettings": "fcagent.training.settings", "TrainSettings": "fcagent.training.settings",
+    "train": "fcagent.training.train", "train_dpo": "fcagent.training.train", "train_sft": "fcagent.training.train",
+    "average_students": "fcagent.training.soup",
+    # routing and serving
+    "StudentMiddleware": "fcagent.routing.middleware", "StudentCheck": "fcagent.routing.check",
+    # pipeline
+    "harvest": "fcagent.pipeline.harvest", "replay": "fcagent.pipeline.replay", "evaluate": "fcagent.pipeline.evaluate",
+    "compare_seeds": "fcagent.pipeline.compare", "distill": "fcagent.pipeline.distill",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fcagent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # what a type checker and an IDE see
+    from fcagent.agent.graph import AgentState, build_agent_graph
+    from fcagent.agent.prompting import PromptStyle
+    from fcagent.agent.teacher import ReferenceTeacher
+    from fcagent.core.calls import Call, CallParseError, format_calls, parse_calls
+    from fcagent.core.errors import RunFailure, StoreError, StoreWriteError, UserError
+    from fcagent.core.records import Label, LabelSource, PairSource, StepError
+    from fcagent.data.export import export_preference_pairs, export_sft
+    from fcagent.data.layout import ExportLayout
+    from fcagent.data.rows import load_pairs
+    from fcagent.models.loading import load_chat_model
+    from fcagent.models.local.constrained import Constrainer, call_schema
+    from fcagent.models.spec import ModelSpec
+    from fcagent.pipeline.compare import compare_seeds
+    from fcagent.pipeline.distill import distill
+    from fcagent.pipeline.evaluate import evaluate
+    from fcagent.pipeline.harvest import harvest
+    from fcagent.pipeline.replay import replay
+    from fcagent.routing.check import StudentCheck
+    from fcagent.routing.middleware import StudentMiddleware
+    from fcagent.tasks import Problem, Task, Verdict, get_task
+    from fcagent.tracing.feedback import read_feedback
+    from fcagent.tracing.middleware import TraceMiddleware
+    from fcagent.tracing.recorder import TraceRecorder
+    from fcagent.tracing.redact import Redactor
+    from fcagent.tracing.store import TraceStore
+    from fcagent.training.settings import LoraSettings, TrainSettings
+    from fcagent.training.soup import average_students
+    from fcagent.training.train import train, train_dpo, train_sft

@@ -1,3 +1,3 @@
-from fcagent.cli import main
+from fcagent.cli.app import main
 
 main()

@@ -11,8 +11,12 @@
   (default `fcagent-studio.db`). The teacher is `$FCAGENT_TEACHER` (e.g. `openai:gpt-4.1`); offline,
   `WarehouseTeacher`, a rule-based stand-in for a large model that knows this demo's three tools —
   escalations show up in Studio as its turns.
+
+Each name is a graph factory (LangGraph's server calls it with the run's config): importing this file
+loads no model and opens no store; the first run builds the graph, and later runs reuse it.
 """
 
+import asyncio
 import os
 import re
 import uuid
@@ -24,11 +28,20 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import ToolException, tool
 from pydantic import ConfigDict
 
-from fcagent import ReferenceTeacher, StudentMiddleware, TraceMiddleware, build_agent_graph, get_task, keys, load_chat_model
-from fcagent.prompting import tool_schemas
+from fcagent import (
+    ReferenceTeacher,
+    StudentMiddleware,
+    TraceMiddleware,
+    build_agent_graph,
+    get_task,
+    load_chat_model,
+)
+from fcagent.agent.prompting import tool_schemas
+from fcagent.core import keys
 
 
 @cache
@@ -68,6 +81,7 @@ class ProblemOrQuestion(BaseChatModel):
         return target._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
 
+@cache
 def _task_graph(spec: str):
     task = get_task(spec)
     model = ProblemOrQuestion(model=_student(), teacher=ReferenceTeacher(problems=task.load(limit=2000)))
@@ -143,6 +157,7 @@ class WarehouseTeacher(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
+@cache
 def _own_agent():
     spec = os.environ.get("FCAGENT_TEACHER")
     teacher = load_chat_model(spec) if spec else WarehouseTeacher()
@@ -152,6 +167,18 @@ def _own_agent():
                         middleware=[TraceMiddleware(store), StudentMiddleware(_student(), teacher=teacher, store=store)])
 
 
-math_agent = _task_graph("math")
-logic_agent = _task_graph("logic")
-own_agent = _own_agent()
+# Async factories: building a graph loads a model and opens a store, blocking work that LangGraph's
+# server runs off its event loop this way (a sync factory would block it, and `langgraph dev` refuses).
+async def math_agent(config: RunnableConfig):
+    """fcagent's graph on the calculator task."""
+    return await asyncio.to_thread(_task_graph, "math")
+
+
+async def logic_agent(config: RunnableConfig):
+    """fcagent's graph on the logic task."""
+    return await asyncio.to_thread(_task_graph, "logic")
+
+
+async def own_agent(config: RunnableConfig):
+    """The warehouse assistant: a user's own `create_agent` agent with the student in front of its teacher."""
+    return await asyncio.to_thread(_own_agent)

@@ -18,7 +18,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
-    from fcagent.models import bundled_model_dir
+    from fcagent.models.loading import bundled_model_dir
 
     return bundled_model_dir("smollm2-135m")
 
@@ -40,3 +40,13 @@ def tiny_model_dir(tmp_path_factory, smol_dir) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Every test runs in a folder of its own: a command's default output (`fcagent-traces.db`, `eval/`,
+    `runs/`) never lands in the repository, and a test that writes to the working directory by mistake
+    writes nowhere that matters."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FCAGENT_STORE", raising=False)
+    monkeypatch.delenv("FCAGENT_MODEL", raising=False)

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from fcagent.calls import Call
+from fcagent.core.calls import Call
 from fcagent.tasks.bfcl import BfclTask, check_bfcl
 
 

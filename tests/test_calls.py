@@ -112,3 +112,13 @@ def test_no_eval_or_exec_anywhere_in_fcagent():
             if re.search(r"(?<![\w.])(eval|exec)\s*\(", line) or "literal_eval" in line:
                 offenders.append(f"{path.name}:{lineno}")
     assert offenders == []
+
+
+def test_numbers_out_of_range_are_not_calls():
+    """`1e999` is valid JSON but parses to inf, which no function takes and JSON cannot write back
+    (the constrained decoder let a random model write one)."""
+    for text in ('{"name": "f", "arguments": {"x": -1e999}}', '{"name": "f", "arguments": {"x": NaN}}',
+                 '{"name": "f", "arguments": "{\\"x\\": Infinity}"}', "f(x=1e999)"):
+        with pytest.raises(CallParseError):
+            parse_calls(text)
+    assert parse_calls('{"name": "f", "arguments": {"x": 1e300}}')[0].args == {"x": 1e300}

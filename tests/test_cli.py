@@ -4,10 +4,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 from typer.testing import CliRunner
 
-from fcagent.cli import app
-from fcagent.store import TraceStore
+from fcagent.cli.app import app
+from fcagent.tracing.store import TraceStore
 
 runner = CliRunner()
 
@@ -36,6 +37,7 @@ def test_harvest_resume_and_traces_commands(tmp_path):
     assert len(out.read_text().splitlines()) == 6
 
 
+@pytest.mark.slow
 def test_sigkill_mid_harvest_then_resume_stores_every_problem_once(tmp_path, data_dir):
     db = tmp_path / "k.db"
     env = {**os.environ, "FCAGENT_DATA": str(data_dir)}
@@ -65,11 +67,13 @@ def test_sigkill_mid_harvest_then_resume_stores_every_problem_once(tmp_path, dat
                for t in list(store.traces())[:20])
 
 
+@pytest.mark.slow
 def test_errors_are_messages_not_tracebacks(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fcagent", "run", "--task", "chess"], capture_output=True, text=True)
     assert result.returncode == 2 and "`task` must be one of" in result.stdout and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_distill_rejects_bad_overrides_before_any_work(tmp_path):
     for args, expected in ((["--preset", "huge"], "'huge' is not one of 'quick', 'full'"),
                            (["--replay-student", "nobody"], "--replay-student"),
@@ -88,7 +92,7 @@ def test_distill_rejects_bad_overrides_before_any_work(tmp_path):
 
 
 def test_distill_overrides_reach_the_training_settings():
-    from fcagent.distill import PRESETS
+    from fcagent.pipeline.distill import PRESETS
 
     plan = PRESETS["full"].overridden({"test_problems": 7}, seed=2, sft_epochs=2, last_turn_weight=8)
     assert plan.test_problems == 7 and plan.name == "full"

@@ -12,8 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fcagent.cli import app
-from fcagent.harvest import harvest
+from fcagent.cli.app import app
+from fcagent.pipeline.harvest import harvest
+
+pytestmark = pytest.mark.slow  # runs every command
 
 FREE_TEXT = {"reason", "source", "seed", "project", "tags"}  # any value is a valid value
 
@@ -31,7 +33,7 @@ def _annotation(param):
     return getattr(kind, "__args__", (kind,))[0] if getattr(kind, "__origin__", None) is list else kind
 
 
-WRITES_STORE = {("run",), ("harvest",), ("traces", "import")}  # a new store (and its folder) is made there
+WRITES_STORE = {("run",), ("harvest",), ("distill",), ("serve",), ("traces", "import")}  # a new store (and its folder) is made there
 
 
 def _bad_values(param, tmp, path: tuple[str, ...]) -> list[str]:
@@ -71,8 +73,8 @@ def _base(path: tuple[str, ...], tmp) -> list[str]:
         ("harvest",): ["--task", "math", "--limit", "1", "--store", str(tmp["folder"] / "h.db")],
         ("export",): ["--store", store, "--out", str(tmp["folder"] / "exp")],
         ("train",): ["--pairs", str(tmp["missing"])],
-        ("replay",): ["--student", "nope:zzz-model", "--store", store],
-        ("soup",): ["--student", "nope:zzz-model", "--student", "./no/such/run", "--out", str(tmp["folder"] / "sp")],
+        ("replay",): ["-m", "nope:zzz-model", "--store", store],
+        ("soup",): ["-m", "nope:zzz-model", "-m", "./no/such/run", "--out", str(tmp["folder"] / "sp")],
         ("eval",): ["--model", "reference", "--limit", "1", "--out", str(tmp["folder"] / "ev")],
         ("distill",): ["--out", str(tmp["folder"] / "d"), "--teacher", "nope:zzz-model"],
         ("compare",): [str(tmp["folder"]), "--method", "sft-dpo", "--out", str(tmp["folder"] / "cmp")],
@@ -83,7 +85,7 @@ def _base(path: tuple[str, ...], tmp) -> list[str]:
         ("traces", "import"): [str(tmp["garbage"]), "--store", str(tmp["folder"] / "i.db")],
         ("traces", "label"): ["zzzzzzzz", "--good", "--store", store],
         ("traces", "import-langsmith"): ["--project", "p", "--store", store],
-        ("serve",): ["nope:zzz-model"],  # never starts: the model spec is no model
+        ("serve",): ["--student", "nope:zzz-model"],  # never starts: the model spec is no model
     }[path]
 
 

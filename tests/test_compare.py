@@ -4,9 +4,9 @@ import json
 
 from typer.testing import CliRunner
 
-from fcagent.cli import app
-from fcagent.compare import compare_seeds
-from fcagent.runner import EpisodeResult
+from fcagent.cli.app import app
+from fcagent.pipeline.compare import compare_seeds
+from fcagent.pipeline.runner import EpisodeResult
 
 runner = CliRunner(env={"COLUMNS": "300"})  # a message is one line; narrower terminals wrap it
 IDS = [f"p{i}" for i in range(10)]

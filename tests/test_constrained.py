@@ -1,18 +1,17 @@
 """Grammar-constrained decoding: a random tiny model (which never writes a call on its own) is made to
 write one schema-valid call, with each backend, alone and batched with other prompts."""
 
-from concurrent.futures import ThreadPoolExecutor
-
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from langchain_core.messages import HumanMessage
 
 from fcagent import load_chat_model
-from fcagent.calls import calls_error, parse_calls
-from fcagent.prompting import assistant_text
-from fcagent.constrained import BACKENDS, Constrainer, call_schema
-from fcagent.errors import UserError
+from fcagent.agent.prompting import assistant_text
+from fcagent.core.calls import calls_error, parse_calls
+from fcagent.core.errors import UserError
+from fcagent.models.local.constrained import BACKENDS, Constrainer, call_schema
 
 pytest.importorskip("llguidance")  # the default backend (`fcagent[constrained]`, in `all`)
 
@@ -47,6 +46,7 @@ def _assert_valid_call(text: str, tools: list[dict]) -> None:
     assert calls_error([{"name": calls[0].name, "args": calls[0].args}], tools) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_call_grammar_accepts_exactly_the_calls_the_tools_define(smol_dir, backend):
     from transformers import AutoTokenizer
@@ -74,7 +74,7 @@ def test_a_many_calls_grammar_also_takes_a_list_of_calls(smol_dir, backend):
     """BFCL's parallel categories answer with several calls in one reply: `format_calls` writes a list."""
     from transformers import AutoTokenizer
 
-    from fcagent.calls import Call, format_calls
+    from fcagent.core.calls import Call, format_calls
 
     grammar = Constrainer(AutoTokenizer.from_pretrained(smol_dir), backend)
     tools = [AREA, FLIGHT]
@@ -88,6 +88,7 @@ def test_a_many_calls_grammar_also_takes_a_list_of_calls(smol_dir, backend):
     assert not grammar.accepts(tools, bad, many=True)  # every call in the list is checked
 
 
+@pytest.mark.slow
 def test_a_many_calls_model_decodes_schema_valid_calls(tiny_model_dir, smol_dir):
     from transformers import AutoTokenizer
 
@@ -108,6 +109,7 @@ def test_a_many_calls_model_decodes_schema_valid_calls(tiny_model_dir, smol_dir)
         load_chat_model(f"{tiny_model_dir}?constrain=llguidance&constrain_calls=several")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_constrained_replies_are_schema_valid_calls(tiny_model_dir, backend):
     model = load_chat_model(str(tiny_model_dir), max_new_tokens=64, constrain=backend, response_prefix='{"name": "')
@@ -130,6 +132,7 @@ def test_streamed_replies_are_constrained_too(tiny_model_dir):
     _assert_valid_call(assistant_text(message), [LIGHT])
 
 
+@pytest.mark.slow
 def test_replies_cut_at_the_token_limit_are_still_the_start_of_a_valid_call(tiny_model_dir, smol_dir):
     """Free strings and numbers let a random model run on; whatever it wrote stays inside the grammar."""
     from transformers import AutoTokenizer
@@ -155,12 +158,13 @@ def test_batched_rows_each_follow_their_own_tools(tiny_model_dir):
         assert reply.tool_calls[0]["name"] == tools[0]["function"]["name"]
 
 
+@pytest.mark.slow
 def test_text_protocol_graph_constrains_with_the_tools_in_the_prompt(tiny_model_dir, smol_dir):
     """The paper's text protocol binds no tools: the grammar comes from the schemas in the run's metadata."""
     from transformers import AutoTokenizer
 
     from fcagent import build_agent_graph, get_task
-    from fcagent.prompting import tool_schemas
+    from fcagent.agent.prompting import tool_schemas
 
     task = get_task("math")
     model = load_chat_model(f"{tiny_model_dir}?constrain=llguidance&max_new_tokens=32", response_prefix='{"name": "')

@@ -4,8 +4,13 @@ import json
 
 import pytest
 
-from fcagent.evaluate import bootstrap_ci, mcnemar_exact, summarize, write_report
-from fcagent.runner import EpisodeResult
+from fcagent.pipeline.evaluate import (
+    bootstrap_ci,
+    mcnemar_exact,
+    summarize,
+    write_report,
+)
+from fcagent.pipeline.runner import EpisodeResult
 
 
 def test_mcnemar_exact_matches_hand_computed_binomial_tails():
@@ -47,8 +52,8 @@ def test_a_joined_task_is_reported_per_source_too(tmp_path, data_dir):
     from langchain_core.messages import AIMessage
 
     from fcagent import get_task
-    from fcagent.evaluate import evaluate
-    from fcagent.testing import ScriptedChatModel
+    from fcagent.agent.testing import ScriptedChatModel
+    from fcagent.pipeline.evaluate import evaluate
 
     task = "bfcl:simple_python+parallel"
     problems = get_task(task, data_dir=data_dir).load(split="test", limit=4)
@@ -66,9 +71,10 @@ def test_a_joined_task_is_reported_per_source_too(tmp_path, data_dir):
     assert "by_source" not in single
 
 
+@pytest.mark.slow
 def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_model_dir):
-    from fcagent.distill import DistillPreset, distill
-    from fcagent.train import TrainSettings
+    from fcagent.pipeline.distill import DistillPreset, distill
+    from fcagent.training.settings import TrainSettings
 
     preset = DistillPreset(train_problems=4, test_problems=2, samples=2, replay_contexts=3, methods=["sft", "dpo"],
                            sft=TrainSettings(method="sft", max_steps=1, per_device_train_batch_size=2),
@@ -82,7 +88,7 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
         assert (tmp_path / f"{stage}.done.json").exists(), stage
     # the SFT student sampled the negatives (replay_student="sft"), so SFT trained before the replay
     assert [line.split("]")[0][1:] for line in logs] == list(stages)
-    from fcagent.store import TraceStore
+    from fcagent.tracing.store import TraceStore
 
     replayers = {ep.model for ep in TraceStore(tmp_path / "traces.db").episodes()
                  if ep.metadata.get("fcagent_role") == "student-replay"}
@@ -122,10 +128,11 @@ def test_distill_runs_every_stage_then_resumes_stage_by_stage(tmp_path, tiny_mod
     assert set(json.loads((tmp_path / "eval.done.json").read_text())["models"]) == set(report["models"])
 
 
+@pytest.mark.slow
 def test_distill_with_only_sft_skips_the_replay_and_the_pair_export(tmp_path, tiny_model_dir):
     # Replaying every train context is the costliest stage after training; SFT needs no negatives.
-    from fcagent.distill import DistillPreset, distill
-    from fcagent.train import TrainSettings
+    from fcagent.pipeline.distill import DistillPreset, distill
+    from fcagent.training.settings import TrainSettings
 
     preset = DistillPreset(train_problems=3, test_problems=2, samples=2, replay_contexts=3, methods=["sft"],
                            sft=TrainSettings(method="sft", max_steps=1, per_device_train_batch_size=2),
@@ -138,6 +145,22 @@ def test_distill_with_only_sft_skips_the_replay_and_the_pair_export(tmp_path, ti
     text = (tmp_path / "report.md").read_text()
     assert "No preference method: no replay." in text and "SFT rows, 0 preference pairs" in text
     assert "Data: 0 SFT rows" not in text
+    # `fcagent eval` on the run folder decodes it as distill did (ModelSpec: the task's decoding defaults,
+    # the run's prompt style): the same reply, tokens, steps and verdict on every problem
+    from typer.testing import CliRunner
+
+    from fcagent.cli.app import app
+
+    result = CliRunner().invoke(app, ["eval", "-m", f"sft={tmp_path / 'runs' / 'sft'}", "--task", "math", "--limit", "2",
+                                      "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+
+    def per_problem(folder):
+        rows = [json.loads(line) for line in (folder / "results" / "sft.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if k not in ("wall_s", "episode_id")} for row in rows]
+
+    assert per_problem(tmp_path / "again") == per_problem(tmp_path / "eval")
+    assert sum(row["completion_tokens"] for row in per_problem(tmp_path / "eval")) > 0
     # With the untrained student replaying, SFT trains on the pair export's folder, made without pairs;
     # a later run that asks for a preference method replays and exports again, with pairs.
     base_replay = preset.model_copy(update={"replay_student": "base"})
@@ -150,7 +173,7 @@ def test_distill_with_only_sft_skips_the_replay_and_the_pair_export(tmp_path, ti
 
 
 def test_learning_curve_reads_base_each_epoch_snapshot_and_the_final_sft(tmp_path):
-    from fcagent.distill import _learning_curve
+    from fcagent.pipeline.distill import _learning_curve
 
     report = {"task": "math", "models": {"base": {"accuracy": 0.1}, "sft@1": {"accuracy": 0.4},
                                          "sft@2": {"accuracy": 0.6}, "sft": {"accuracy": 0.5}}}

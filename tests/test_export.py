@@ -7,10 +7,11 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from fcagent import ReferenceTeacher, build_agent_graph, get_task
-from fcagent.export import ExportError, export_preference_pairs, export_sft, load_pairs, validate_pair
-from fcagent.recorder import TraceRecorder
-from fcagent.store import TraceStore
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.testing import ScriptedChatModel
+from fcagent.data.export import export_preference_pairs, export_sft
+from fcagent.data.rows import ExportError, load_pairs, validate_pair
+from fcagent.tracing.recorder import TraceRecorder
+from fcagent.tracing.store import TraceStore
 
 
 class SampledModel(ScriptedChatModel):
@@ -73,7 +74,7 @@ def test_trajectory_pairs_anchor_at_the_divergence_and_never_train_on_observatio
 
 
 def test_teacher_student_pairs_from_replayed_student_failures(tmp_path):
-    from fcagent.replay import replay
+    from fcagent.pipeline.replay import replay
 
     store = TraceStore(tmp_path / "t.db")
     task, problem = math_problem()
@@ -98,8 +99,8 @@ class RecordingSampler(SampledModel):
 
 
 def test_replay_of_final_steps_only_and_seeded(tmp_path):
-    from fcagent.errors import UserError
-    from fcagent.replay import replay
+    from fcagent.core.errors import UserError
+    from fcagent.pipeline.replay import replay
 
     store = TraceStore(tmp_path / "t.db")
     task = get_task("math")
@@ -125,7 +126,7 @@ def test_seeded_replay_on_a_local_model_repeats_its_candidates(tmp_path, tiny_mo
     import shutil
 
     from fcagent import load_chat_model
-    from fcagent.replay import replay
+    from fcagent.pipeline.replay import replay
 
     task, problem = math_problem()
     store = TraceStore(tmp_path / "t.db")

@@ -6,8 +6,8 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from fcagent import UserError, build_agent_graph, get_task
-from fcagent.graph import AgentState
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.graph import AgentState
+from fcagent.agent.testing import ScriptedChatModel
 
 
 @tool
@@ -142,23 +142,55 @@ def test_builder_errors_name_the_argument():
         build_agent_graph(ScriptedChatModel(responses=["x"]), [add], protocol="xml")
 
 
-def test_state_is_a_typed_dict_with_messages_reducer():
-    assert "messages" in AgentState.__annotations__ and "final_answer" in AgentState.__annotations__
+def test_state_accumulates_every_step_s_calls_and_errors_and_keeps_the_messages():
+    """The state's reducers: `messages` appends (add_messages), `calls` and `errors` accumulate over steps."""
+    model = ScriptedChatModel(responses=[native_call("nope", {}, id="a"), native_call("add", {"a": 2, "b": 3}, id="b"),
+                                         native_call("final_answer", {"answer": 5}, id="c")])
+    out = run(model, [add])
+    assert [c["name"] for c in out["calls"]] == ["nope", "add", "final_answer"]
+    assert [c["step"] for c in out["calls"]] == [1, 2, 3]
+    assert [(e["step"], e["kind"]) for e in out["errors"]] == [(1, "unknown_function")]
+    assert [type(m).__name__ for m in out["messages"]] == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage",
+                                                           "ToolMessage", "AIMessage", "ToolMessage"]
+    assert set(AgentState.__annotations__) >= set(out) - {"pending"}
 
 
-def test_graphs_named_in_langgraph_json_load():
+def _studio_module(root, name="graphs_agent"):
     import importlib.util
+
+    mod_spec = importlib.util.spec_from_file_location(name, root / "graphs" / "agent.py")
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+def test_importing_the_studio_graphs_creates_no_file(tmp_path, monkeypatch):
+    """LangGraph's server imports graphs/agent.py at start: nothing may be written then (a store opened at
+    import once left a lock file in the repository)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FCAGENT_STORE", raising=False)
+    module = _studio_module(Path(__file__).resolve().parents[1])
+    assert list(tmp_path.iterdir()) == []
+    assert all(callable(getattr(module, name)) for name in ("math_agent", "logic_agent", "own_agent"))
+
+
+@pytest.mark.slow
+def test_graphs_named_in_langgraph_json_build(tmp_path, monkeypatch):
+    import asyncio
     import json
     from pathlib import Path
 
+    monkeypatch.setenv("FCAGENT_STORE", str(tmp_path / "studio.db"))
     root = Path(__file__).resolve().parents[1]
     spec = json.loads((root / "langgraph.json").read_text())
-    assert spec["graphs"]
+    module = _studio_module(root)
+    assert set(spec["graphs"]) == {"math_agent", "logic_agent", "own_agent"}
     for name, target in spec["graphs"].items():
         path, attr = target.split(":")
-        mod_spec = importlib.util.spec_from_file_location(f"graphs_{name}", root / path)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-        graph = getattr(module, attr)
+        assert path == "./graphs/agent.py"
+        graph = asyncio.run(getattr(module, attr)({}))
         nodes = graph.get_graph().nodes
         assert hasattr(graph, "invoke") and ("call_model" in nodes or "model" in nodes)
+        assert asyncio.run(getattr(module, attr)({})) is graph  # built once, reused by every run

@@ -7,8 +7,8 @@ from langchain_core.load import dumpd
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langsmith.schemas import Feedback, Run
 
-from fcagent.langsmith_import import import_langsmith
-from fcagent.store import TraceStore
+from fcagent.tracing.langsmith_import import import_langsmith
+from fcagent.tracing.store import TraceStore
 
 
 def make_runs():
@@ -87,7 +87,7 @@ def test_tool_outputs_are_their_content_and_a_tool_error_labels_its_call(tmp_pat
 def test_without_a_key_nothing_is_contacted(tmp_path, monkeypatch):
     import pytest
 
-    from fcagent.errors import UserError
+    from fcagent.core.errors import UserError
 
     monkeypatch.delenv("LANGSMITH_API_KEY", raising=False)
     monkeypatch.delenv("LANGCHAIN_API_KEY", raising=False)

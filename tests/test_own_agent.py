@@ -18,8 +18,14 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import ToolException, tool
 from typer.testing import CliRunner
 
-from fcagent import TraceMiddleware, TraceRecorder, TraceStore, export_preference_pairs, export_sft
-from fcagent.cli import app
+from fcagent import (
+    TraceMiddleware,
+    TraceRecorder,
+    TraceStore,
+    export_preference_pairs,
+    export_sft,
+)
+from fcagent.cli.app import app
 
 STOCK = {f"SKU-{i}": 10 * i for i in range(1, 12)}
 
@@ -75,7 +81,7 @@ class WarehouseModel(BaseChatModel):
         return {"model_name": "big-model"}
 
     def bind_tools(self, tools: list[Any], **kwargs: Any):
-        from fcagent.prompting import tool_schemas
+        from fcagent.agent.prompting import tool_schemas
 
         return self if self.hide_tools else self.bind(tools=tool_schemas(tools), **kwargs)
 
@@ -203,7 +209,7 @@ def test_unlabelled_episodes_are_skipped_or_taken_as_good_and_counted(tmp_path):
     store = TraceStore(tmp_path / "t.db")
     reqs = requests()[:3]
     run_all(reqs, lambda m: create_agent(m, TOOLS), lambda: {"callbacks": [TraceRecorder(store)]})
-    from fcagent.export import ExportError
+    from fcagent.data.rows import ExportError
 
     with pytest.raises(ExportError, match="traces label ID --good/--bad.*--unlabelled good"):
         export_sft(store, tmp_path / "a")

@@ -7,10 +7,10 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 
 from fcagent import ReferenceTeacher, build_agent_graph, get_task
-from fcagent.middleware import TraceMiddleware
-from fcagent.recorder import TraceRecorder
-from fcagent.store import StoreError, TraceStore
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.testing import ScriptedChatModel
+from fcagent.tracing.middleware import TraceMiddleware
+from fcagent.tracing.recorder import TraceRecorder
+from fcagent.tracing.store import StoreError, TraceStore
 
 
 @tool
@@ -133,7 +133,7 @@ def test_jsonl_round_trip_is_idempotent_and_corrupt_lines_are_named(tmp_path):
 def test_store_from_a_newer_schema_is_refused_untouched(tmp_path):
     import sqlite3
 
-    from fcagent.store import SCHEMA_VERSION
+    from fcagent.tracing.store import SCHEMA_VERSION
 
     path = tmp_path / "t.db"
     TraceStore(path).close()
@@ -154,7 +154,7 @@ def test_label_api_and_stats(tmp_path):
     store.label(ep.id, False, "user thumbs down", "feedback")
     assert store.trace(ep.id).episode_label().reason == "user thumbs down"
     assert store.stats()["labels_by_source"] == {"feedback:bad": 1}
-    from fcagent.errors import UserError
+    from fcagent.core.errors import UserError
 
     with pytest.raises(UserError, match="no episode or completion with id"):
         store.label("nope", True)
@@ -192,7 +192,7 @@ def test_a_failed_write_in_a_batch_names_its_episode_and_the_others_are_stored(t
     original = TraceStore._insert
 
     def full_disk_for_b(self, rows, replace):
-        if rows["episode"][0] == "b":
+        if rows.episode["id"] == "b":
             raise OSError("database or disk is full")
         return original(self, rows, replace)
 
@@ -217,6 +217,7 @@ def test_a_failed_write_in_a_batch_names_its_episode_and_the_others_are_stored(t
     assert sorted(e.id for e in store.episodes()) == ["a", "c"]
 
 
+@pytest.mark.slow
 def test_queued_episodes_are_written_when_the_program_exits_without_closing(tmp_path):
     import subprocess
     import sys
@@ -224,7 +225,7 @@ def test_queued_episodes_are_written_when_the_program_exits_without_closing(tmp_
 
     script = textwrap.dedent(f"""
         import time
-        from fcagent.store import TraceStore
+        from fcagent.tracing.store import TraceStore
         store = TraceStore({str(tmp_path / "t.db")!r})
         original = TraceStore._insert
         def slow(self, rows, replace):
@@ -240,9 +241,9 @@ def test_queued_episodes_are_written_when_the_program_exits_without_closing(tmp_
 
 
 def test_an_idle_writer_ends_and_the_next_episode_starts_another(tmp_path, monkeypatch):
-    from fcagent import store as store_module
+    from fcagent.tracing.store import writer as store_module
 
-    monkeypatch.setattr(store_module._EpisodeWriter, "IDLE_S", 0.05)
+    monkeypatch.setattr(store_module.EpisodeWriter, "IDLE_S", 0.05)
     store = TraceStore(tmp_path / "t.db")
     for episode_id in ("x", "y"):
         store.write_episode_soon(episode_id, lambda i=episode_id: {"episode": {"id": i, "started_at": 1.0}},
@@ -258,9 +259,9 @@ def test_an_idle_writer_ends_and_the_next_episode_starts_another(tmp_path, monke
 def test_episodes_close_together_share_a_commit_and_a_read_does_not_wait_out_the_linger(tmp_path, monkeypatch):
     import time
 
-    from fcagent import store as store_module
+    from fcagent.tracing.store import writer as store_module
 
-    monkeypatch.setattr(store_module._EpisodeWriter, "LINGER_S", 30.0)  # longer than any test: only a read ends it
+    monkeypatch.setattr(store_module.EpisodeWriter, "LINGER_S", 30.0)  # longer than any test: only a read ends it
     batches: list[int] = []
     original = TraceStore.write_episodes
 
@@ -293,7 +294,7 @@ def test_episodes_close_together_share_a_commit_and_a_read_does_not_wait_out_the
 
 
 def test_a_long_episode_encodes_each_message_once(tmp_path, monkeypatch):
-    from fcagent import recorder as recorder_module
+    from fcagent.tracing import episodes as recorder_module
 
     made = []
     original = recorder_module.message_record
@@ -338,8 +339,8 @@ def test_context_hashes_and_stored_values_keep_their_encoding():
     """Stored context hashes join rows across stores written by any version: the canonical encoding
     (json.dumps's defaults, sorted keys, non-ASCII kept) and so the hash of a fixed context must never
     change; stored values stay compact JSON with non-ASCII text kept."""
-    from fcagent.records import context_hash
-    from fcagent.store import _dumps
+    from fcagent.core.files import dumps as _dumps
+    from fcagent.core.records import context_hash
 
     messages = [{"role": "system", "content": "You call functions."}, {"role": "user", "content": "Grüße: 2+3?"},
                 {"role": "assistant", "content": "", "tool_calls": [{"name": "add", "args": {"b": 3, "a": 2}, "id": "call_x"}]},

@@ -8,10 +8,10 @@ from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 
 from fcagent import build_agent_graph
-from fcagent.recorder import TraceRecorder
-from fcagent.redact import Redactor
-from fcagent.store import TraceStore
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.testing import ScriptedChatModel
+from fcagent.tracing.recorder import TraceRecorder
+from fcagent.tracing.redact import Redactor
+from fcagent.tracing.store import TraceStore
 
 SECRETS = {
     "openai key": "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
@@ -73,7 +73,7 @@ def test_adversarial_megabyte_is_linear():
 
 
 def test_invocation_params_drop_secret_names_and_redact_values():
-    from fcagent.recorder import _safe_params
+    from fcagent.tracing.episodes import _safe_params
 
     params = {"api-key": "x1", "x-api-key": "x2", "private_key": "x3", "passwd": "x4", "auth": "x5", "bearer": "x6",
               "session": "x7", "client_secret": "x8", "base_url": "https://user:sk-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z@api.host/v1",
@@ -96,8 +96,9 @@ def test_no_planted_secret_leaves_through_any_export_or_field(tmp_path):
     from secrets_corpus import CUT_KEY, PLANTED, leaks
     from typer.testing import CliRunner
 
-    from fcagent.cli import app
-    from fcagent.export import export_preference_pairs, export_sft, load_pairs
+    from fcagent.cli.app import app
+    from fcagent.data.export import export_preference_pairs, export_sft
+    from fcagent.data.rows import load_pairs
 
     everything = " ; ".join(text for text, _ in PLANTED.values())
 
@@ -201,7 +202,7 @@ def test_a_pair_that_differs_only_inside_a_secret_is_dropped_not_fatal(tmp_path)
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
 
-    from fcagent.export import export_preference_pairs
+    from fcagent.data.export import export_preference_pairs
 
     @tool
     def send_invoice(email: str) -> str:

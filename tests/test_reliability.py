@@ -9,18 +9,19 @@ import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fcagent import Call, ReferenceTeacher, build_agent_graph, get_task
-from fcagent.recorder import TraceRecorder
-from fcagent.store import TraceStore
 from fcagent.tasks import check_bfcl
+from fcagent.tracing.recorder import TraceRecorder
+from fcagent.tracing.store import TraceStore
 
 WORKER = textwrap.dedent("""
     import sys
     from fcagent import ReferenceTeacher, build_agent_graph, get_task
-    from fcagent.recorder import TraceRecorder
+    from fcagent.tracing.recorder import TraceRecorder
     task = get_task("math")
     problems = task.load(limit=40)[int(sys.argv[2])::8]
     graph = build_agent_graph(ReferenceTeacher(problems=problems), task=task)
@@ -46,6 +47,7 @@ def test_eight_threads_share_one_recorder_and_store(tmp_path):
         assert all(problem.question in c.messages[1].content for c in trace.completions)
 
 
+@pytest.mark.slow
 def test_eight_processes_write_one_store(tmp_path):
     db = tmp_path / "p.db"
     TraceStore(db).close()
@@ -57,6 +59,7 @@ def test_eight_processes_write_one_store(tmp_path):
     assert {e.metadata["worker"] for e in store.episodes()} == {str(i) for i in range(8)}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_export_leaves_no_half_written_file(tmp_path):
     db = tmp_path / "t.db"
     store = TraceStore(db)
@@ -67,7 +70,7 @@ def test_sigkill_mid_export_leaves_no_half_written_file(tmp_path):
     for p in problems:
         graph.invoke({"problem": p}, {"callbacks": [recorder]})
     out = tmp_path / "export.jsonl"
-    code = f"from fcagent.store import TraceStore\nTraceStore({str(db)!r}).export_jsonl({str(out)!r})"
+    code = f"from fcagent.tracing.store import TraceStore\nTraceStore({str(db)!r}).export_jsonl({str(out)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.endswith(".tmp") for p in os.listdir(tmp_path)):

@@ -16,10 +16,10 @@ from langchain_core.messages import AIMessage, HumanMessage
 from typer.testing import CliRunner
 
 from fcagent import TraceRecorder, TraceStore
-from fcagent.cli import app
-from fcagent.errors import RunFailure, UserError
-from fcagent.harvest import harvest
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.testing import ScriptedChatModel
+from fcagent.cli.app import app
+from fcagent.core.errors import RunFailure, UserError
+from fcagent.pipeline.harvest import harvest
 
 runner = CliRunner()
 
@@ -74,6 +74,7 @@ def test_a_full_disk_during_harvest_is_reported_naming_the_episodes(tmp_path):
     assert stored == 2 + summary["stored"] and summary["stored"] < 30  # every episode stored whole, or reported
 
 
+@pytest.mark.slow
 def test_a_store_locked_past_the_timeout_is_reported_not_lost(tmp_path):
     db = tmp_path / "t.db"
     TraceStore(db).close()
@@ -92,7 +93,7 @@ def test_cli_harvest_exits_nonzero_when_episodes_were_not_stored(tmp_path, monke
     seen: list[str] = []
 
     def flaky(self, rows, replace):  # the second episode never fits (retried alone, it fails again)
-        episode_id = rows["episode"][0]
+        episode_id = rows.episode["id"]
         if episode_id not in seen:
             seen.append(episode_id)
         if seen.index(episode_id) == 1:
@@ -176,6 +177,7 @@ def test_import_merges_new_labels_into_known_episodes(tmp_path):
     assert bare.trace(ep).episode_label().reason == "user thumbs down"
 
 
+@pytest.mark.slow
 def test_two_resume_harvests_at_once_store_each_problem_once(tmp_path, data_dir):
     db = tmp_path / "t.db"
     env = {**os.environ, "FCAGENT_DATA": str(data_dir)}
@@ -190,7 +192,7 @@ def test_two_resume_harvests_at_once_store_each_problem_once(tmp_path, data_dir)
 
 def test_two_exports_into_one_folder_both_finish_whole(tmp_path):
     db = _harvested(tmp_path, 8)
-    from fcagent.export import export_sft
+    from fcagent.data.export import export_sft
 
     errors: list[BaseException] = []
 
@@ -234,8 +236,9 @@ def test_each_message_is_stored_once(tmp_path):
     assert size < 45_000_000  # 4 observations of 10 MB once each (was 101 MB: every call repeated them)
 
 
+@pytest.mark.slow
 def test_eval_results_are_reused_only_for_the_same_spec(tmp_path, tiny_model_dir):
-    from fcagent.evaluate import evaluate
+    from fcagent.pipeline.evaluate import evaluate
 
     out = tmp_path / "eval"
     first = evaluate({"m": "reference"}, task="math", limit=3, out_dir=out)
@@ -248,13 +251,14 @@ def test_eval_results_are_reused_only_for_the_same_spec(tmp_path, tiny_model_dir
 
 
 def test_reference_teacher_with_samples_as_the_readme_shows(tmp_path):
-    result = runner.invoke(app, ["harvest", "--task", "math", "--teacher", "reference", "--samples", "4", "--limit", "2",
+    result = runner.invoke(app, ["harvest", "--task", "math", "-m", "reference", "--candidates", "4", "--limit", "2",
                                  "--store", str(tmp_path / "t.db")])
     assert result.exit_code == 0, result.output
     trace = next(TraceStore(tmp_path / "t.db").traces())
     assert len(trace.completions[0].candidates) == 4
 
 
+@pytest.mark.slow
 def test_silent_wrong_results_are_now_errors(tmp_path, tiny_model_dir):
     missing = tmp_path / "missing.db"
     for cmd in (["traces", "ls"], ["traces", "stats"], ["traces", "show"], ["export", "--out", str(tmp_path / "o")],
@@ -265,15 +269,16 @@ def test_silent_wrong_results_are_now_errors(tmp_path, tiny_model_dir):
     for args, expected in ((["run", "--task", "math", "--data-dir", "/typo", "--model", "reference"], "not a folder"),
                            (["run", "--task", "math:", "--model", "reference"], "names no source"),
                            (["run", "--task", "math", "--limit", "0"], "--limit"),
-                           (["run", "--task", "math", "--max-steps", "0"], "--max-steps"),
+                           (["run", "--task", "math", "--max-agent-steps", "0"], "--max-agent-steps"),
                            (["harvest", "--limit", "-1"], "--limit"),
-                           (["harvest", "--samples", "0"], "--samples"),
+                           (["harvest", "--candidates", "0"], "--candidates"),
                            (["harvest", "--split", "bogus"], "--split"),
                            (["export", "--kind", "bogus"], "--kind"),
                            (["export", "--level", "bogus"], "--level"),
                            (["export", "--max-pairs-per-context", "0"], "--max-pairs-per-context"),
                            (["train", "--pairs", "x", "--method", "bogus"], "--method"),
-                           (["replay", "--student", "x", "--samples", "0"], "--samples"),
+                           (["replay", "-m", "x", "--candidates", "0"], "--candidates"),
+                           (["train", "--pairs", "x", "--max-optimizer-steps", "0"], "--max-optimizer-steps"),
                            (["distill", "--test-problems", "-1"], "--test-problems"),
                            (["eval", "--model", "a=reference", "--model", "a=reference"], "given twice"),
                            (["eval", "--model", "a/b=reference"], "must be letters"),
@@ -284,6 +289,7 @@ def test_silent_wrong_results_are_now_errors(tmp_path, tiny_model_dir):
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
 
 
+@pytest.mark.slow
 def test_bad_files_get_a_line_naming_the_file(tmp_path):
     db = _harvested(tmp_path, 1)
     bad_utf8 = tmp_path / "bad.jsonl"

@@ -13,9 +13,11 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 
 from fcagent import TraceStore, load_chat_model
-from fcagent.export import export_preference_pairs
-from fcagent.serve import ServeSettings, background_server, create_app
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.testing import ScriptedChatModel
+from fcagent.data.export import export_preference_pairs
+from fcagent.serving.app import ServeSettings, background_server, create_app
+
+pytestmark = pytest.mark.slow  # starts servers
 
 openai = pytest.importorskip("openai")
 
@@ -94,13 +96,22 @@ def test_escalation_and_feedback_land_in_the_store_and_export_as_a_pair(tmp_path
         ok = httpx.post(f"{url}/v1/feedback", json={"id": reply.id, "label": "good", "reason": "right SKU"})
         assert ok.status_code == 200 and ok.json()["label"] == "good"
         assert httpx.post(f"{url}/v1/feedback", json={"id": "chatcmpl-nope", "label": "good"}).status_code == 404
-    (trace,) = list(store.traces())
-    assert trace.episode.id == reply.id.removeprefix("chatcmpl-") and trace.episode_label().reason == "right SKU"
-    assert [c.model for c in trace.completions] == [str(tiny_model_dir), "big-teacher"]
+    episodes = {t.episode.name: t for t in store.traces()}
+    assert set(episodes) == {"fcagent-serve", "student-escalation"}
+    request = episodes["fcagent-serve"]  # the request: the reply the client got, and the client's feedback
+    assert request.episode.id == reply.id.removeprefix("chatcmpl-") and request.episode_label().reason == "right SKU"
+    assert [c.model for c in request.completions] == ["big-teacher"]
+    escalation = episodes["student-escalation"]  # the refused step, stored as StudentMiddleware stores one
+    assert [c.model for c in escalation.completions] == ["big-teacher", str(tiny_model_dir)]
+    assert [(lb.success, lb.source) for lb in escalation.labels] == [(True, "escalation"), (False, "escalation")]
     pairs = export_preference_pairs(store, tmp_path / "pairs")
     (row,) = [json.loads(x) for x in pairs.path.read_text().splitlines()]
     assert '"get_stock"' in row["chosen"][0]["content"] and row["rejected_kind"] in ("parse_error", "unknown_function",
                                                                                       "invalid_arguments")
+    assert row["source"] == "teacher_student"  # the student's own failure, as in StudentMiddleware's pairs
+    # `--level trajectory` drops step pairs; an escalation is not one
+    only_trajectory = export_preference_pairs(store, tmp_path / "trajectory", level="trajectory")
+    assert [json.loads(x)["source"] for x in only_trajectory.path.read_text().splitlines()] == ["teacher_student"]
 
 
 def test_bad_requests_get_openai_style_4xx(tiny_model_dir):

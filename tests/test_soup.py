@@ -11,9 +11,12 @@ from langchain_core.tools import tool
 from typer.testing import CliRunner
 
 from fcagent import average_students, build_agent_graph, get_task, load_chat_model
-from fcagent.cli import app
-from fcagent.errors import UserError
-from fcagent.train import TrainSettings, train
+from fcagent.cli.app import app
+from fcagent.core.errors import UserError
+from fcagent.training.settings import TrainSettings
+from fcagent.training.train import train
+
+pytestmark = pytest.mark.slow  # trains students to average
 
 ROWS = [("What is 2 plus 3?", '{"name": "add", "arguments": {"a": 2, "b": 3}}'),
         ("What is 7 times 6?", '{"name": "multiply", "arguments": {"a": 7, "b": 6}}')]
@@ -85,7 +88,7 @@ def test_a_soup_refuses_what_it_cannot_average(students, tiny_model_dir, tmp_pat
     with pytest.raises(UserError, match="not empty and holds no earlier soup"):
         average_students(students[:2], tmp_path / "busy")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
-    with pytest.raises(UserError, match="neither `bundled:NAME`"):  # the replaying teacher has no weights
+    with pytest.raises(UserError, match="not a local model"):  # the replaying teacher has no weights
         average_students([students[0], "reference"], tmp_path / "s")
     other = tmp_path / "wider"
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -111,8 +114,8 @@ def test_a_soup_refuses_what_it_cannot_average(students, tiny_model_dir, tmp_pat
         average_students([students[0], str(restyled)], tmp_path / "s")
     assert not (tmp_path / "s").exists()  # nothing half-written
     # on the command line: one line, exit code 2 (bad input), no traceback
-    result = CliRunner().invoke(app, ["soup", "--student", students[0], "--out", str(tmp_path / "s")])
+    result = CliRunner().invoke(app, ["soup", "-m", students[0], "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "at least two students" in result.output and "Traceback" not in result.output
-    ok = CliRunner().invoke(app, ["soup", "--student", students[0], "--student", students[2], "--out", str(tmp_path / "cli")])
+    ok = CliRunner().invoke(app, ["soup", "-m", students[0], "-m", students[2], "--out", str(tmp_path / "cli")])
     assert ok.exit_code == 0, ok.output
     assert load_chat_model(str(tmp_path / "cli")).model_name == str(tmp_path / "cli")

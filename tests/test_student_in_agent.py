@@ -40,6 +40,7 @@ def student(smol_dir):
     return load_chat_model("bundled:smollm2-135m", max_new_tokens=48, response_prefix='{"name": "')
 
 
+@pytest.mark.slow
 def test_streamed_agent_gets_the_invoked_tool_calls(student):
     agent = create_agent(student.model_copy(update={"constrain": "llguidance"}), [get_stock])
     invoked, chunks, final = _invoke_and_stream(agent)
@@ -54,6 +55,7 @@ def test_streamed_agent_gets_the_invoked_tool_calls(student):
     assert final["messages"][-1].content == "42" == invoked["messages"][-1].content  # the tool ran both times
 
 
+@pytest.mark.slow
 def test_an_invalid_call_reaches_the_agent_as_invalid_tool_calls(student):
     # The untrained model copies the function's schema instead of calling it: not a call.
     invoked, _, final = _invoke_and_stream(create_agent(student, [get_stock]))
@@ -65,6 +67,7 @@ def test_an_invalid_call_reaches_the_agent_as_invalid_tool_calls(student):
     assert final["messages"][-1].invalid_tool_calls[0]["args"] == invoked["messages"][-1].invalid_tool_calls[0]["args"]
 
 
+@pytest.mark.slow
 def test_text_answers_stream_token_by_token_and_add_up(student):
     free = student.model_copy(update={"response_prefix": ""})
     agent = create_agent(free, [])

@@ -4,10 +4,10 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 
-from fcagent.export import export_preference_pairs
-from fcagent.middleware import StudentMiddleware
-from fcagent.store import TraceStore
-from fcagent.testing import ScriptedChatModel
+from fcagent.agent.testing import ScriptedChatModel
+from fcagent.data.export import export_preference_pairs
+from fcagent.routing.middleware import StudentMiddleware
+from fcagent.tracing.store import TraceStore
 
 
 @tool
@@ -82,14 +82,14 @@ def test_validate_any_a_function_and_a_judge_model():
     assert run(ScriptedChatModel(responses=["YES"])) == ("It is sunny.", 0)
     import pytest
 
-    from fcagent.errors import UserError
+    from fcagent.core.errors import UserError
 
     with pytest.raises(UserError, match="validate"):
         StudentMiddleware(ScriptedChatModel(responses=["x"]), validate="sometimes")
 
 
 def test_the_students_accepted_replies_are_recorded_under_its_name(tmp_path):
-    from fcagent.middleware import TraceMiddleware
+    from fcagent.tracing.middleware import TraceMiddleware
 
     store = TraceStore(tmp_path / "t.db")
     student = ScriptedChatModel(model_name="small-student", responses=[
@@ -105,7 +105,7 @@ def test_the_students_accepted_replies_are_recorded_under_its_name(tmp_path):
 def test_async_agents_share_the_same_decisions(tmp_path):
     import asyncio
 
-    from fcagent.middleware import TraceMiddleware
+    from fcagent.tracing.middleware import TraceMiddleware
 
     store = TraceStore(tmp_path / "t.db")
     student = ScriptedChatModel(model_name="student", responses=[

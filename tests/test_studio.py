@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts `langgraph dev`
+
 ROOT = Path(__file__).resolve().parents[1]
 sdk = pytest.importorskip("langgraph_sdk")
 pytest.importorskip("langgraph_api")

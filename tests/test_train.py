@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from fcagent import build_agent_graph, get_task, load_chat_model
-from fcagent.errors import UserError
-from fcagent.train import TrainSettings, train
+from fcagent.core.errors import UserError
+from fcagent.training.settings import TrainSettings
+from fcagent.training.train import train
+
+pytestmark = pytest.mark.slow  # trains
 
 PAIRS = [
     ("What is 2 plus 3?", '{"name": "add", "arguments": {"a": 2, "b": 3}}', "I think five."),
@@ -201,8 +204,8 @@ def test_a_run_folder_loads_only_what_its_manifest_hashes_from_inside_itself(pai
 
 def test_exported_pairs_from_a_bundled_model_harvest_train_with_dpo(tmp_path, data_dir, tiny_model_dir):
     """`harvest` with the real bundled model (--samples 4) → exporter → TRL DPOTrainer, 2 steps."""
-    from fcagent.export import export_preference_pairs
-    from fcagent.harvest import harvest
+    from fcagent.data.export import export_preference_pairs
+    from fcagent.pipeline.harvest import harvest
 
     db = tmp_path / "t.db"
     harvest(task="bfcl:simple_python", teacher="reference", limit=3, store=db, data_dir=data_dir)

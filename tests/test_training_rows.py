@@ -11,10 +11,10 @@ import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from fcagent import get_task, load_chat_model
-from fcagent.chat_templates import training_template
-from fcagent.export import export_sft
-from fcagent.harvest import harvest
-from fcagent.records import to_langchain
+from fcagent.core.records import to_langchain
+from fcagent.data.export import export_sft
+from fcagent.pipeline.harvest import harvest
+from fcagent.training.chat_templates import training_template
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def test_a_chain_is_one_row_with_every_turn_trained(chains):
         assert flags[-1] and not any(flags[:-1])
 
 
+@pytest.mark.slow
 def test_the_training_template_renders_the_inference_prompt_token_for_token(chains):
     """Every trained turn of a chain row starts exactly where LocalChatModel's prompt for that step ends."""
     student = load_chat_model("bundled:smollm2-135m")
@@ -71,6 +72,7 @@ def _nll(model, ids: list[int], mask: list[int]) -> tuple[float, int]:
     return float(-logp[m].sum()), int(m.sum())
 
 
+@pytest.mark.slow
 def test_whole_chain_loss_equals_the_per_step_losses(chains, tiny_model_dir):
     """Same weights, same reduction: the summed NLL over a chain's assistant tokens equals the summed NLL
     of its per-step rows (each token sees the same context in both), with as many tokens."""
@@ -98,8 +100,10 @@ def test_whole_chain_loss_equals_the_per_step_losses(chains, tiny_model_dir):
         assert chain_loss == pytest.approx(step_loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_the_compact_prompt_is_smaller_and_carried_to_the_run_folder(chains, tmp_path, tiny_model_dir):
-    from fcagent.train import TrainSettings, train
+    from fcagent.training.settings import TrainSettings
+    from fcagent.training.train import train
 
     whole = sum(len(json.dumps(r["messages"])) for r in chains["whole"])
     compact = sum(len(json.dumps(r["messages"])) for r in chains["compact"])
@@ -125,20 +129,21 @@ def test_the_compact_prompt_is_smaller_and_carried_to_the_run_folder(chains, tmp
     system = next(r for r in chains["compact"] if r["problem_id"] == problem.id)["messages"][0]["content"] \
         if any(r["problem_id"] == problem.id for r in chains["compact"]) else None
     if system is not None:
-        from fcagent.prompting import render_system_prompt, tool_schemas
-        from fcagent.graph import final_answer_tool
+        from fcagent.agent.graph import final_answer_tool
+        from fcagent.agent.prompting import render_system_prompt, tool_schemas
 
         rendered = render_system_prompt(tool_schemas([*task.tools_for(problem), final_answer_tool()]),
                                         instructions=task.instructions, system=problem.system, style="compact")
         assert rendered == system
 
 
+@pytest.mark.slow
 def test_prefix_shared_dpo_matches_trls_log_probs_and_gradients(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
 
-    from fcagent.trainers import install_compact_head, install_prefix_sharing
+    from fcagent.training.trainers import install_compact_head, install_prefix_sharing
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trl_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -169,7 +174,7 @@ def test_the_compact_lm_head_matches_trls_for_sft(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from fcagent.trainers import install_compact_head
+    from fcagent.training.trainers import install_compact_head
 
     trl_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ours = copy.deepcopy(trl_model)
@@ -192,7 +197,7 @@ def test_the_compact_lm_head_matches_trls_for_sft(tiny_model_dir):
 
 def test_the_graph_serves_a_model_its_own_prompt_style(tiny_model_dir):
     from fcagent import build_agent_graph
-    from fcagent.testing import ScriptedChatModel
+    from fcagent.agent.testing import ScriptedChatModel
 
     task = get_task("math")
     problem = task.load(limit=1)[0]
@@ -209,7 +214,7 @@ def test_last_turn_weight_weights_only_each_rows_final_turn(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from fcagent.trainers import install_compact_head, last_turn_mask
+    from fcagent.training.trainers import install_compact_head, last_turn_mask
 
     labels = torch.full((3, 12), -100)
     labels[0, 2:4] = labels[0, 6:9] = 7  # two turns: the second is the last

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fcagent.tasks.base import DataError, Problem, Task, Verdict, WorkedExample, split_of
+from fcagent.tasks.base import (
+    DataError,
+    Problem,
+    Task,
+    Verdict,
+    WorkedExample,
+    split_of,
+)
 from fcagent.tasks.bfcl import BfclTask, check_bfcl
 from fcagent.tasks.logic import LogicTask
 from fcagent.tasks.math import MathTask

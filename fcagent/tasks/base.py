@@ -11,7 +11,7 @@ from typing import Any, Literal
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, Field
 
-from fcagent.calls import Call
+from fcagent.core.calls import Call
 
 __all__ = ["Problem", "Verdict", "Task", "WorkedExample", "split_of", "DataError", "read_json_records"]
 
@@ -116,9 +116,10 @@ class Task:
     instructions: str = ""
     max_steps: int = 8  # the graph's step limit for this task
     max_new_tokens: int = 64  # enough for one call of this task; a small model that rambles stops here
-    # Every good reply opens with exactly one call, so a local student may be forced to start its reply
-    # as one (distill's `response_prefix`); False where a reply may hold several calls, or none.
+    # Every good reply opens with exactly one call, so a local model is made to start its reply as one
+    # (`decoding()`); False where a reply may hold several calls, or none.
     one_call_replies: bool = True
+    CALL_PREFIX = '{"name": "'  # how a one-call reply opens in fcagent's call format
 
     def __init__(self, source: str | None = None, *, data_dir: str | Path | None = None):
         self.source = source
@@ -136,6 +137,12 @@ class Task:
     def examples(self) -> list[WorkedExample]:
         return []
 
+    def decoding(self) -> dict[str, Any]:
+        """The decoding defaults of a local model on this task (`ModelSpec.for_task`): the token budget of
+        one reply, and a reply forced to open as a JSON call where every good reply is one call."""
+        return {"max_new_tokens": self.max_new_tokens, **({"response_prefix": self.CALL_PREFIX}
+                                                            if self.one_call_replies else {})}
+
     @property
     def spec(self) -> str:
         return f"{self.name}:{self.source}" if self.source else self.name
@@ -145,9 +152,6 @@ class Task:
             problems = [p for p in problems if p.split == split]
         return problems[:limit] if limit else problems
 
-
-def chain_calls(chain: list[list[Call]] | None) -> list[Call]:
-    return [c for step in chain or [] for c in step]
 
 
 ToolFactory = Callable[[Problem | None], list[BaseTool]]

@@ -12,9 +12,17 @@ from typing import Any, Literal
 
 from langchain_core.tools import BaseTool, StructuredTool
 
-from fcagent.calls import Call
+from fcagent.core.calls import Call
 from fcagent.tasks._data import find_data_file
-from fcagent.tasks.base import DataError, Problem, Task, Verdict, WorkedExample, read_json_records, require
+from fcagent.tasks.base import (
+    DataError,
+    Problem,
+    Task,
+    Verdict,
+    WorkedExample,
+    read_json_records,
+    require,
+)
 
 __all__ = ["BfclTask", "check_bfcl", "to_json_schema", "CATEGORIES", "PARALLEL_CATEGORIES", "Names"]
 
@@ -259,7 +267,7 @@ class BfclTask(Task):
     # How a gold chain writes an optional parameter whose answer also accepts omission (`""`, BFCL's
     # mark for a default): "write" spells out the first accepted value; "omit" leaves it out. "write"
     # stays the default: a student trained on "omit" also left out optional parameters the request
-    # asked for, and lost more than it gained (docs/results/bfcl-omit/).
+    # asked for, and lost more than it gained (docs/results/bfcl/omit/).
     gold_optional: Literal["write", "omit"] = "write"
     execute = False
     instructions = ("Answer the user's request by calling the right function(s) with the right arguments. "

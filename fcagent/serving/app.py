@@ -1,0 +1,415 @@
+"""`fcagent serve`: the student behind an OpenAI-compatible endpoint, with escalation and recording.
+
+Applications that call a model through the OpenAI Chat Completions API swap in the distilled student
+by changing `base_url`. The server (FastAPI on uvicorn) answers `POST /v1/chat/completions` (messages
+with `tool` turns and assistant `tool_calls`, `tools`, `tool_choice`, `temperature`, `top_p`,
+`max_tokens` / `max_completion_tokens`, `n`, `seed`, `stop`, `stream` as server-sent events with
+`tool_calls` deltas, `usage`) and `GET /v1/models`, in OpenAI's shapes, so the official client parses
+them unchanged. Concurrent requests are decoded together (`LocalChatModel`'s batching).
+
+* **Escalation** (`teacher=`): a student reply that fails `StudentCheck` (an unreadable or invalid
+  call, a repeated call, an answer in words given without looking anything up) goes to the teacher,
+  through the escalation routine `StudentMiddleware` runs too (`fcagent.routing.escalation`); the
+  response's `model` field and the `x-fcagent-model` header say who answered.
+* **Recording and feedback** (`store=`): every request is an episode holding the reply the client
+  got (its id the response's id without `chatcmpl-`; role `student` when the student's reply stood),
+  and every escalation a pair episode of its own, exported as a `teacher_student` pair;
+  `POST /v1/feedback` (`id`, `label`, `reason`) labels an episode: production feedback from apps
+  that are not LangChain.
+* **Safe by default**: loopback only unless an API key is set (compared in constant time); request
+  bodies and `max_tokens` are bounded; malformed requests get OpenAI-style 4xx errors, never a
+  traceback; a client that disconnects mid-stream stops its rows of the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import (  # module level: FastAPI resolves the routes' annotations here
+    FastAPI,
+    Request,
+)
+from fastapi.responses import JSONResponse, StreamingResponse
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fcagent.core import keys
+from fcagent.core.errors import UserError
+from fcagent.core.names import model_name
+from fcagent.core.records import StepError
+from fcagent.routing.check import StudentCheck, Validator
+from fcagent.routing.escalation import Escalations
+from fcagent.serving.wire import (
+    BadRequest,
+    ChatRequest,
+    Feedback,
+    error_body,
+    finish_reason,
+    message_json,
+)
+from fcagent.tracing.buffers import CallBuffer, EpisodeBuffer
+from fcagent.tracing.episodes import EpisodeWrites, episode_from_buffer
+from fcagent.tracing.store import TraceStore, open_store
+
+__all__ = ["create_app", "serve", "background_server", "ChatRequest", "ServeSettings"]
+
+MODEL_HEADER = "x-fcagent-model"
+
+
+class ServeSettings(BaseModel):
+    """Limits and identity of a server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str | None = Field(None, description="Required as `Authorization: Bearer KEY` when set.")
+    max_body_bytes: int = Field(1_000_000, ge=1_000, description="Largest request body accepted.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Most tokens a request may ask for.")
+    max_n: int = Field(8, ge=1, le=64, description="Most choices a request may ask for.")
+    model_name: str = Field("fcagent-student", description="The name `GET /v1/models` lists.")
+
+
+# --- answering -----------------------------------------------------------------------------------
+
+
+class _Pieces(BaseCallbackHandler):
+    """Hands the student's streamed text and its last chunk (the tool calls) to an asyncio queue."""
+
+    run_inline = True
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+        self.loop, self.queue = loop, queue
+
+    def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
+        message = getattr(chunk, "message", None)
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("piece", token, message))
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    messages: list[AIMessage]
+    model: str
+    escalated: StepError | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _model_id(model: Any) -> str:
+    return model_name(model) or "model"
+
+
+class _Server:
+    """What the routes share: the models, the escalation routine, the store, the limits."""
+
+    def __init__(self, student: BaseChatModel, teacher: BaseChatModel | None, store: TraceStore | None,
+                 check: StudentCheck, settings: ServeSettings):
+        self.student, self.teacher, self.store, self.check, self.settings = student, teacher, store, check, settings
+        self.routine = Escalations(check, store)
+        # Request episodes are queued for the store's writer thread: a write never holds up a reply,
+        # and a failed one is logged naming the episode (`writes.errors`).
+        self.writes = EpisodeWrites(store, "report", None) if store is not None else None
+
+    def options(self, req: ChatRequest) -> dict[str, Any]:
+        limit = self.settings.max_tokens_limit
+        wanted = req.max_completion_tokens or req.max_tokens
+        if wanted is not None and wanted > limit:
+            raise BadRequest(f"max_tokens {wanted} is over this server's limit of {limit}", "max_tokens")
+        if req.n > self.settings.max_n:
+            raise BadRequest(f"n {req.n} is over this server's limit of {self.settings.max_n}", "n")
+        options: dict[str, Any] = {"n": req.n}
+        if req.temperature is not None:
+            options["temperature"] = req.temperature
+        if req.top_p is not None:
+            options["top_p"] = req.top_p
+        if wanted is not None:
+            options["max_new_tokens"] = wanted
+        if req.seed is not None:
+            options["seed"] = req.seed
+        return options
+
+    def _student_replies(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None, stop: list[str] | None,
+                         options: dict[str, Any], callbacks: Any, cancel: threading.Event) -> list[AIMessage]:
+        """`n` replies of the student: the local model samples them from one prompt pass (and stops a
+        request's rows when `cancel` is set); another chat model is asked once."""
+        from fcagent.models.local.chat_model import LocalChatModel
+
+        if isinstance(self.student, LocalChatModel):
+            result = self.student.generate([messages], stop=stop, callbacks=callbacks, tools=tools, cancel=cancel,
+                                           **options)
+            return [g.message for g in result.generations[0]]
+        if options.get("n", 1) > 1:
+            raise BadRequest("this server's student answers n=1 only", "n")
+        model = self.student.bind_tools(tools) if tools else self.student
+        return [model.invoke(messages, {"callbacks": callbacks}, stop=stop)]
+
+    def answer(self, req: ChatRequest, episode_id: str, *, callbacks: list[Any], cancel: threading.Event) -> _Answer:
+        """The student's reply (or replies, for n > 1), escalated to the teacher when it fails the check
+        (`Escalations`, shared with `StudentMiddleware`). Runs in a worker thread. With a store, the
+        request is an episode holding the reply that reached the client; an escalation is stored as
+        its own pair episode by the routine."""
+        messages = req.to_langchain()
+        tools = req.tool_schemas()
+        options = self.options(req)
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        started_at, started = time.time(), time.perf_counter()
+        replies = self._student_replies(messages, tools, stop, options, callbacks, cancel)
+        answered_by, latency = self.student, time.perf_counter() - started
+        why = self.routine.judge(messages, replies[0] if replies else None, tools or [],
+                                 require_call=True if req.requires_call() else None)
+        escalated = None
+        if why is not None and self.teacher is not None and not cancel.is_set():
+            model = self.teacher.bind_tools(tools) if tools else self.teacher
+            started = time.perf_counter()
+            reply = model.invoke(messages)
+            latency = time.perf_counter() - started
+            self.routine.record(messages, tools or [], student_reply=replies[0] if replies else None,
+                                teacher_reply=reply, why=why, student=self.student, teacher=self.teacher)
+            replies, answered_by, escalated = [reply], self.teacher, why
+        usage = [r.usage_metadata or {} for r in replies]  # the prompt once, every reply's tokens
+        answer = _Answer(messages=replies, model=_model_id(answered_by), escalated=escalated,
+                         prompt_tokens=usage[0].get("input_tokens", 0) if usage else 0,
+                         completion_tokens=sum(u.get("output_tokens", 0) for u in usage))
+        if self.writes is not None:
+            role = {} if escalated is not None else {keys.ROLE: keys.Role.STUDENT.value}
+            call = CallBuffer(id=str(uuid.uuid4()), messages=messages, tools=tools or [], model=answer.model, order=0,
+                              params=options, metadata={keys.PROTOCOL: "native"},
+                              generations=[ChatGeneration(message=r) for r in replies],
+                              usage={"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens},
+                              latency_ms=latency * 1000)
+            buf = EpisodeBuffer(id=episode_id, name="fcagent-serve", started_at=started_at, ended_at=time.time(),
+                                tags=["serve"], metadata={keys.MODEL: answer.model, **role}, calls=[call],
+                                outputs={"final_answer": replies[0].content if replies else None})
+            self.writes.submit(episode_id, lambda: episode_from_buffer(buf))
+        return answer
+
+
+def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, store: str | TraceStore | None = None,
+               validate: Validator = "grounded", settings: ServeSettings | None = None) -> Any:
+    """The FastAPI app (see the module docs); `serve()` runs it with uvicorn."""
+    settings = settings or ServeSettings()
+    server = _Server(student, teacher, open_store(store) if store is not None else None, StudentCheck(validate),
+                     settings)
+    app = FastAPI(title="fcagent serve", docs_url=None, redoc_url=None)
+    app.state.fcagent = server
+
+    def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+        kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}.get(
+            status, "invalid_request_error" if status < 500 else "server_error")
+        return JSONResponse(error_body(message, param, kind, code), status_code=status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if settings.api_key is not None:
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                return error(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return error(413, f"request body over {settings.max_body_bytes} bytes")
+        try:
+            return await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - a message, never a traceback
+            return error(500, f"the server failed to answer: {type(exc).__name__}")
+
+    async def read_json(request: Request) -> Any:
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > settings.max_body_bytes:
+                raise BadRequest(f"request body over {settings.max_body_bytes} bytes", status=413)
+        try:
+            return json.loads(body or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the body is not valid JSON ({exc})") from None
+
+    def parse(model: type[BaseModel], data: Any) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            raise BadRequest(f"`{where}`: {err['msg']}", where) from None
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        names = [settings.model_name, *([_model_id(teacher)] if teacher is not None else [])]
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "fcagent"}
+                                           for n in names]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        try:
+            req = parse(ChatRequest, await read_json(request))
+            req.to_langchain()
+            server.options(req)
+        except BadRequest as exc:
+            return error(exc.status, exc.message, exc.param, exc.code)
+        episode_id = str(uuid.uuid4())
+        response_id = f"chatcmpl-{episode_id}"
+        created = int(time.time())
+        cancel = threading.Event()
+        if not req.stream:
+            try:
+                answer = await asyncio.to_thread(server.answer, req, episode_id, callbacks=[], cancel=cancel)
+            except BadRequest as exc:
+                return error(exc.status, exc.message, exc.param)
+            except UserError as exc:
+                return error(400, str(exc))
+            choices = [{"index": i, "message": message_json(m), "finish_reason": finish_reason(m), "logprobs": None}
+                       for i, m in enumerate(answer.messages)]
+            body = {"id": response_id, "object": "chat.completion", "created": created, "model": answer.model,
+                    "choices": choices, "system_fingerprint": None,
+                    "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                              "total_tokens": answer.prompt_tokens + answer.completion_tokens}}
+            return JSONResponse(body, headers={MODEL_HEADER: answer.model})
+        return StreamingResponse(_stream(server, req, episode_id, response_id, created, cancel, request),
+                                 media_type="text/event-stream", headers={MODEL_HEADER: _model_id(student)})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Any:
+        from fcagent.tracing.feedback import parse_verdict
+
+        if server.store is None:
+            return error(404, "this server records nothing (start it with --store) so there is nothing to label")
+        try:
+            fb = parse(Feedback, await read_json(request))
+        except BadRequest as exc:
+            return error(exc.status, exc.message, exc.param)
+        verdict = parse_verdict(fb.label)
+        if verdict is None:
+            return error(400, "`label` must be good or bad (up/down, true/false, 1/0, a score)", "label")
+        try:
+            label = await asyncio.to_thread(server.store.label, fb.id.removeprefix("chatcmpl-"), verdict, fb.reason,
+                                            fb.source)
+        except UserError as exc:
+            return error(404, str(exc), "id")
+        return {"id": fb.id, "episode": label.target_id, "label": "good" if verdict else "bad"}
+
+    return app
+
+
+async def _stream(server: _Server, req: ChatRequest, episode_id: str, response_id: str, created: int,
+                  cancel: threading.Event, request: Any) -> Any:
+    """Server-sent events: the student's text as it is decoded, tool calls as `tool_calls` deltas, the
+    finish reason, usage if asked, `[DONE]`. A teacher's reply (escalation) arrives whole at the end."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    # Tokens stream as decoded only where no teacher may still overrule the reply: what has been sent
+    # cannot be taken back. With a teacher, the reply (the student's or the teacher's) arrives whole.
+    streams_tokens = req.n == 1 and server.teacher is None
+
+    def event(delta: dict[str, Any], finish: str | None = None, model: str | None = None, index: int = 0) -> str:
+        chunk = {"id": response_id, "object": "chat.completion.chunk", "created": created,
+                 "model": model or _model_id(server.student), "system_fingerprint": None,
+                 "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    async def run() -> None:
+        try:
+            handler = [_Pieces(loop, queue)] if streams_tokens else []
+            answer = await asyncio.to_thread(server.answer, req, episode_id, callbacks=handler, cancel=cancel)
+            await queue.put(("done", answer, None))
+        except Exception as exc:  # noqa: BLE001 - the stream ends with an error event, not a traceback
+            await queue.put(("error", exc, None))
+
+    task = asyncio.create_task(run())
+    yield event({"role": "assistant", "content": ""})
+    sent = ""
+    try:
+        while True:
+            if await request.is_disconnected():
+                cancel.set()  # the rows of this request stop; the rest of the batch goes on
+                return
+            try:
+                kind, payload, _ = await asyncio.wait_for(queue.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                continue
+            if kind == "piece":
+                if payload:
+                    sent += payload
+                    yield event({"content": payload})
+                continue
+            if kind == "error":
+                body = error_body(str(payload) if isinstance(payload, BadRequest | UserError) else
+                                   f"the server failed to answer: {type(payload).__name__}", None)
+                yield f"data: {json.dumps(body)}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            answer: _Answer = payload
+            for index, message in enumerate(answer.messages):
+                body = message_json(message)
+                text = body.get("content") or ""
+                escalated = answer.escalated is not None
+                if index == 0 and not escalated and text.startswith(sent):
+                    text = text[len(sent):]  # the student's text already streamed
+                if text:
+                    yield event({"content": text}, model=answer.model, index=index)
+                for i, call in enumerate(body.get("tool_calls") or []):
+                    yield event({"tool_calls": [{"index": i, **call}]}, model=answer.model, index=index)
+                yield event({}, finish=finish_reason(message), model=answer.model, index=index)
+            if (req.stream_options or {}).get("include_usage"):
+                usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                         "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+                chunk = {"id": response_id, "object": "chat.completion.chunk", "created": created,
+                         "model": answer.model, "choices": [], "usage": usage}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+    finally:
+        if not task.done():
+            cancel.set()
+
+
+def serve(student: str, *, host: str = "127.0.0.1", port: int = 8000, teacher: str | None = None,
+          store: str | None = None, validate: Validator = "grounded", settings: ServeSettings | None = None) -> None:
+    """Load the models and run the server until interrupted (the CLI's `fcagent serve`)."""
+    import uvicorn
+
+    from fcagent.models.spec import ModelSpec
+
+    settings = settings or ServeSettings()
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        raise UserError(f"`--host {host}` exposes the model beyond this machine: set an API key "
+                        "(`--api-key` or $FCAGENT_API_KEY)")
+    student_model = ModelSpec.parse(student).load()
+    teacher_model = ModelSpec.parse(teacher).load() if teacher else None
+    app = create_app(student_model, teacher=teacher_model, store=store, validate=validate,
+                     settings=settings.model_copy(update={"model_name": student}))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextmanager
+def background_server(app: FastAPI, *, host: str = "127.0.0.1", start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run `app` on a free loopback port in a thread for the `with` block; yields its base URL (tests,
+    benchmarks, a notebook that calls its own student)."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="fcagent-serve")
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on {host}:{port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -1,0 +1,7 @@
+"""The trace store: `TraceStore` (SQLite, one file), its schema, rows and writer thread."""
+
+from fcagent.core.errors import StoreError, StoreWriteError
+from fcagent.tracing.store.schema import SCHEMA_VERSION
+from fcagent.tracing.store.store import DEFAULT_STORE, TraceStore, open_store
+
+__all__ = ["TraceStore", "StoreError", "StoreWriteError", "DEFAULT_STORE", "SCHEMA_VERSION", "open_store"]
