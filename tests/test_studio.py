@@ -104,3 +104,11 @@ def test_the_own_agent_graph_escalates_and_records(dev_server):
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert final["fcagent_episode_id"] in episodes, (final["fcagent_episode_id"], [(e.id, e.name) for e in episodes.values()])
+    # every step the student failed went to the teacher, and each is stored as a pair for the next round
+    answered_by = [m.get("response_metadata", {}).get("model_name") for m in final["messages"] if m["type"] == "ai"]
+    escalations = [store.trace(e.id) for e in episodes.values() if e.name == "student-escalation"]
+    assert "WarehouseTeacher" in answered_by, answered_by
+    assert len(escalations) == answered_by.count("WarehouseTeacher")
+    for pair in escalations:
+        assert [(c.model, lb.success) for c, lb in zip(pair.completions, pair.labels)] == \
+            [("WarehouseTeacher", True), (pair.completions[1].model, False)]

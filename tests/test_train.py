@@ -11,7 +11,8 @@ from fcagent.core.errors import UserError
 from fcagent.training.settings import TrainSettings
 from fcagent.training.train import train
 
-pytestmark = pytest.mark.slow  # trains
+# trains; and a training run shows no FutureWarning (fcagent uses transformers 5's names)
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::FutureWarning")]
 
 PAIRS = [
     ("What is 2 plus 3?", '{"name": "add", "arguments": {"a": 2, "b": 3}}', "I think five."),

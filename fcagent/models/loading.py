@@ -24,6 +24,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from pydantic import ValidationError
 
+from fcagent.core.compat import peft_trl_deprecations_silenced
 from fcagent.core.errors import UserError
 from fcagent.models.manifest import RUN_MANIFEST, file_digest, read_manifest
 from fcagent.models.spec import ModelSpec
@@ -162,8 +163,9 @@ def _from_run(run_dir: Path, explicit: set[str] | frozenset[str] = frozenset(), 
                                 **{**kwargs, **{k: v for k, v in base.settings.items() if k not in explicit}})
             from peft import PeftModel
 
-            for folder in folders:
-                model.hf_model = PeftModel.from_pretrained(model.hf_model, folder).merge_and_unload()
+            with peft_trl_deprecations_silenced():
+                for folder in folders:
+                    model.hf_model = PeftModel.from_pretrained(model.hf_model, folder).merge_and_unload()
             model.hf_model.eval()
     finally:
         _LOADING.remove(here)

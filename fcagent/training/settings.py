@@ -54,7 +54,10 @@ class TrainSettings(BaseModel):
     max_length: int = Field(2048, ge=16, description="Tokens per row; rows whose prompt is longer are dropped (reported).")
     bf16: bool | None = Field(None, description="TRL's bf16 autocast. None: on for GPUs with bf16, off on the CPU "
                               "(slower under TRL there, docs/performance.md; `base_dtype` is the CPU's bf16 lever).")
-    gradient_checkpointing: bool = Field(False, description="Off: faster here and memory is not the limit.")
+    activation_checkpointing: bool = Field(
+        False, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing"),
+        description="Recompute activations in the backward pass (transformers' name; `gradient_checkpointing` "
+        "before 5.x, still read). Off: faster, and memory is not the limit for these students.")
     precompute_ref_log_probs: bool | None = Field(None, description="None: on when training runs more than one epoch.")
     seed: int = 0
     warm_start: str | None = Field(None, description="sft-dpo/sft-rpo/sft-chosen: an SFT run folder to start from "

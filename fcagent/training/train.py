@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fcagent.core.compat import peft_trl_deprecations_silenced
 from fcagent.core.errors import UserError
 from fcagent.data.layout import ExportKind, ExportLayout
 from fcagent.data.rows import ExportError, load_pairs
@@ -188,10 +189,19 @@ def _file_kind(path: Path) -> ExportKind:
         return ExportKind.DPO  # load_pairs then says what is wrong with the file
 
 
+def _checkpointing_argument() -> str:
+    """transformers 5 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns)."""
+    from transformers import TrainingArguments
+
+    return "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"
+
+
 def _trainer_args(settings: TrainSettings, out: Path, kind: str, *, conversational: bool = False) -> Any:
     import torch
     from trl import DPOConfig, SFTConfig
 
+    checkpointing = _checkpointing_argument()
     # A LoRA adapter starts at zero and takes larger steps than a whole pretrained model should.
     default_lr = 5e-5 if settings.full_finetune else 2e-4 if kind in ("sft", "sft-warm") else 1e-4
     lr = settings.learning_rate or default_lr
@@ -201,11 +211,11 @@ def _trainer_args(settings: TrainSettings, out: Path, kind: str, *, conversation
         gradient_accumulation_steps=settings.gradient_accumulation_steps, num_train_epochs=epochs,
         max_steps=settings.max_steps, learning_rate=lr, logging_steps=1,
         save_strategy="no", report_to=[], seed=settings.seed, max_length=settings.max_length,
-        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=settings.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(), **{checkpointing: settings.activation_checkpointing},
         bf16=settings.bf16 if settings.bf16 is not None else _bf16_available(),
         lr_scheduler_type="constant_with_warmup", warmup_steps=0, dataloader_num_workers=0)
     if settings.trl_defaults:
-        for key in ("learning_rate", "gradient_checkpointing", "bf16", "lr_scheduler_type", "warmup_steps"):
+        for key in ("learning_rate", checkpointing, "bf16", "lr_scheduler_type", "warmup_steps"):
             common.pop(key)
     if kind in ("sft", "sft-warm"):
         # Whole conversations train every marked assistant turn; prompt/completion rows their completion.
@@ -226,10 +236,8 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
          snapshot: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]], int]:
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import DPOTrainer, SFTTrainer
 
     from fcagent.training.chat_templates import training_template
-    from fcagent.training.trainers import CompactHeadSFTTrainer, PrefixSharingDPOTrainer
 
     peft_config = None if settings.full_finetune else LoraConfig(
         r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=lora.target_modules,
@@ -252,6 +260,18 @@ def _fit(kind: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], sett
                          if snapshot is not None else [])]
     data = Dataset.from_list(data_rows)
     inference_template = tokenizer.chat_template
+    with peft_trl_deprecations_silenced():
+        return _construct_and_train(kind, model, tokenizer, data, args, settings, peft_config, callbacks, template,
+                                    inference_template, live)
+
+
+def _construct_and_train(kind: str, model: Any, tokenizer: Any, data: Any, args: Any, settings: TrainSettings,
+                         peft_config: Any, callbacks: list[Any], template: Any, inference_template: Any,
+                         live: Any) -> tuple[Any, list[dict[str, Any]], int]:
+    from trl import DPOTrainer, SFTTrainer
+
+    from fcagent.training.trainers import CompactHeadSFTTrainer, PrefixSharingDPOTrainer
+
     try:
         if template is not None:
             tokenizer.chat_template = template  # renders what inference renders, assistant turns marked
@@ -338,7 +358,8 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
         if not (warm / "adapter" / "adapter_model.safetensors").exists():
             raise UserError(f"`warm_start` {warm} is not an SFT run folder (no adapter/adapter_model.safetensors)")
         shutil.copytree(warm / "adapter", out / "sft_adapter", dirs_exist_ok=True)
-        model = PeftModel.from_pretrained(model, out / "sft_adapter").merge_and_unload()
+        with peft_trl_deprecations_silenced():
+            model = PeftModel.from_pretrained(model, out / "sft_adapter").merge_and_unload()
         stack.append("sft_adapter")
     elif settings.method in WARM_STARTED:
         sft_rows = _sft_rows_from_pairs(rows)
