@@ -49,17 +49,21 @@ class SftRow(BaseModel):
     context_hash: str
 
 
+def _check_messages(value: Any, field: str, where: str) -> None:
+    """`value` is a non-empty list of role/content messages; else an ExportError naming the field."""
+    if not isinstance(value, list) or not value:
+        raise ExportError(f"{where}: `{field}` must be a non-empty list of messages")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+            raise ExportError(f"{where}: `{field}[{i}].role` must be system/user/assistant/tool")
+        if not isinstance(m.get("content", ""), str):
+            raise ExportError(f"{where}: `{field}[{i}].content` must be a string")
+
+
 def validate_pair(row: dict[str, Any], where: str = "row") -> None:
     """Check a row against what TRL's DPOTrainer accepts; raises ExportError naming the field."""
     for key in ("prompt", "chosen", "rejected"):
-        value = row.get(key)
-        if not isinstance(value, list) or not value:
-            raise ExportError(f"{where}: `{key}` must be a non-empty list of messages")
-        for i, m in enumerate(value):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
-                raise ExportError(f"{where}: `{key}[{i}].role` must be system/user/assistant/tool")
-            if not isinstance(m.get("content", ""), str):
-                raise ExportError(f"{where}: `{key}[{i}].content` must be a string")
+        _check_messages(row.get(key), key, where)
     if row["prompt"][-1]["role"] == "assistant":
         raise ExportError(f"{where}: the prompt must end with a user turn, not an assistant one")
     if row["prompt"][-1]["role"] == "tool":
@@ -78,13 +82,7 @@ def validate_pair(row: dict[str, Any], where: str = "row") -> None:
 def validate_sft_row(row: dict[str, Any], where: str = "row") -> None:
     """Check an SFT row: `messages` a list of role/content messages ending with an assistant turn."""
     messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ExportError(f"{where}: `messages` must be a non-empty list of messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
-            raise ExportError(f"{where}: `messages[{i}].role` must be system/user/assistant/tool")
-        if not isinstance(m.get("content", ""), str):
-            raise ExportError(f"{where}: `messages[{i}].content` must be a string")
+    _check_messages(messages, "messages", where)
     if messages[-1]["role"] != "assistant":
         raise ExportError(f"{where}: the last message must be the assistant's (what SFT trains on)")
     if not isinstance(row.get("tools", "[]"), str):
