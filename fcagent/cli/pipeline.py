@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fcagent.cli.app import app, console, open_store, print_report, progress
+from fcagent.cli.app import app, console, escape, open_store, print_report, progress
 from fcagent.cli.app import data_dir as checked_data_dir
 from fcagent.cli.options import (
     DEFAULT_MODEL,
@@ -76,11 +76,11 @@ def run(task: TaskOpt = "math",
             return
         mark = "[green]✔[/]" if result.success else "[red]✘[/]"
         console.rule(f"{mark} {problem.id}")
-        console.print(f"[dim]user:[/] {problem.question}", markup=False)
+        console.print(f"[dim]user:[/] {escape(problem.question)}")
         for m in result.transcript[1:]:
             text = m["content"] or json.dumps(m["tool_calls"])
-            console.print(f"{m['role']}: {text[:400]}", markup=False)
-        console.print(f"verdict: {result.reason}  ({result.steps} steps, {result.wall_s:.1f} s)", markup=False)
+            console.print(f"[dim]{m['role']}:[/] {escape(text[:400])}")
+        console.print(f"verdict: {escape(result.reason)}  ({result.steps} steps, {result.wall_s:.1f} s)")
 
     results = run_problems(chat, t, problems, store=TraceStore(store) if store is not None else None, protocol=protocol.value,
                            max_steps=max_agent_steps, on_result=show, metadata={keys.MODEL: model})
