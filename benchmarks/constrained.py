@@ -37,7 +37,7 @@ def run(problems: int = 20, max_new: int = 64) -> dict[str, Any]:
 
     from fcagent.agent.prompting import tool_schemas
     from fcagent.models.loading import load_chat_model
-    from fcagent.models.local.constrained import BACKENDS, Constrainer
+    from fcagent.models.local.constrained import BACKENDS, Constrainer, call_schema
     from fcagent.tasks import get_task
 
     task = get_task("bfcl:simple_python")
@@ -53,7 +53,7 @@ def run(problems: int = 20, max_new: int = 64) -> dict[str, Any]:
         build, masks = [], []
         for tools, problem in zip(tool_sets, items):
             started = time.perf_counter()
-            row = grammar.row(tools)
+            row = grammar.row(call_schema(tools))
             build.append(time.perf_counter() - started)
             # Mask time along the gold call (what a model that writes it correctly pays per token).
             bitmask = torch.full((1, (grammar.vocab_size + 31) // 32), -1, dtype=torch.int32)

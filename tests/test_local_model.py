@@ -1,7 +1,9 @@
 """The local-model code path: a tiny random Llama for control flow, the real bundled model once."""
 
+import json
+
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
 from fcagent import build_agent_graph, get_task, load_chat_model
@@ -123,8 +125,39 @@ def test_streaming_callbacks_add_up_to_the_invoked_message(tiny):
     for c in handler.chunks[1:]:
         total = total + c
     assert total.content == invoked.content and total.id == streamed.id
-    (one,) = list(tiny.stream([HumanMessage("hi")]))  # .stream() yields the finished message whole
-    assert one.content == invoked.content
+    # .stream() yields AIMessageChunks as they are decoded, from the same decode: they add up to invoke's reply
+    chunks = list(tiny.stream([HumanMessage("hi")]))
+    assert len(chunks) >= 2 and all(isinstance(c, AIMessageChunk) for c in chunks)
+    summed = chunks[0]
+    for c in chunks[1:]:
+        summed = summed + c
+    assert summed.content == invoked.content and summed.usage_metadata == invoked.usage_metadata
+    assert summed.response_metadata["finish_reason"] == invoked.response_metadata["finish_reason"]
+
+
+def test_stream_of_a_call_ends_with_its_tool_call_chunks_and_equals_invoke(tiny, monkeypatch):
+    """A reply that is a call is held back and arrives as the last chunk, parsed."""
+    from fcagent.models.local.chat_model import LocalChatModel
+    from fcagent.models.local.generation import Decoded
+
+    def decode(self, request):  # the real reply path around a decode whose text the test chooses
+        if request.sink:
+            for piece in (reply[:10], reply[10:]):
+                request.sink(0, piece)
+        return Decoded(texts=[reply], prompt_tokens=5, completion_tokens=[7], truncated=[False])
+
+    monkeypatch.setattr(LocalChatModel, "decode", decode)
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add.", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
+    reply = '{"name": "add", "arguments": {"a": 2, "b": 3}}'
+    invoked = tiny.bind_tools(tools).invoke([HumanMessage("2+3?")])
+    chunks = list(tiny.bind_tools(tools).stream([HumanMessage("2+3?")]))
+    summed = chunks[0]
+    for c in chunks[1:]:
+        summed = summed + c
+    assert [c["name"] for c in invoked.tool_calls] == ["add"] and invoked.tool_calls[0]["args"] == {"a": 2, "b": 3}
+    assert [(c["name"], c["args"]) for c in summed.tool_calls] == [(c["name"], c["args"]) for c in invoked.tool_calls]
+    assert summed.content == invoked.content == "" and chunks[-1].chunk_position == "last"
 
 
 def test_bad_specs_are_clear_errors(tmp_path):
@@ -225,3 +258,53 @@ def test_batched_prompts_share_one_prefill_for_their_n_candidates(tiny, monkeypa
         assert texts == [single, single]
         assert prompt_tokens == len(tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         assert len(counts) == 2
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+def test_structured_output_is_held_to_the_schema(tiny, method):
+    """Every `with_structured_output` method decodes under a grammar: even random weights give a value of the
+    schema (an enum, so the reply must close)."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        """Whether the claim holds."""
+
+        verdict: Literal["yes", "no"]
+
+    roomy = tiny.model_copy(update={"max_new_tokens": 64})
+    out = roomy.with_structured_output(Verdict, method=method, include_raw=True).invoke("Is 2 + 2 = 4?")
+    if method == "json_mode":  # any JSON object (random weights may run on inside a string to the limit)
+        raw = out["raw"]
+        assert raw.content.startswith("{")
+        if raw.response_metadata["finish_reason"] != "length":
+            assert isinstance(json.loads(raw.content), dict)
+    else:
+        assert isinstance(out["parsed"], Verdict) and out["parsing_error"] is None
+
+
+def test_tool_choice_forces_a_call_and_none_offers_no_tool(tiny):
+    tools = [{"type": "function", "function": {"name": "flip", "description": "Flip a switch.", "parameters": {
+        "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}}},
+             {"type": "function", "function": {"name": "stop", "description": "Stop.", "parameters": {
+                 "type": "object", "properties": {}}}}]
+    tiny = tiny.model_copy(update={"max_new_tokens": 64})
+    forced = tiny.bind_tools(tools, tool_choice="any").invoke([HumanMessage("hello")])
+    assert len(forced.tool_calls) == 1 and forced.tool_calls[0]["name"] in ("flip", "stop")
+    named = tiny.bind_tools(tools, tool_choice="flip").invoke([HumanMessage("hello")])
+    assert [c["name"] for c in named.tool_calls] == ["flip"] and isinstance(named.tool_calls[0]["args"]["on"], bool)
+    assert tiny.bind_tools(tools, tool_choice={"type": "function", "function": {"name": "stop"}}).invoke(
+        [HumanMessage("hello")]).tool_calls[0]["name"] == "stop"
+    free = tiny.bind_tools(tools, tool_choice="none").invoke([HumanMessage("hello")])
+    assert free.tool_calls == [] and free.invalid_tool_calls == []
+    with pytest.raises(UserError, match="`tool_choice` names 'jump'"):
+        tiny.bind_tools(tools, tool_choice="jump")
+
+
+def test_max_tokens_stop_and_timeout_are_honoured(tiny_model_dir):
+    model = load_chat_model(str(tiny_model_dir), max_tokens=5)
+    assert model.max_new_tokens == 5 and model.invoke("hi").usage_metadata["output_tokens"] <= 5
+    slow = load_chat_model(str(tiny_model_dir), max_new_tokens=4000, timeout=0.2)
+    reply = slow.invoke("hi")
+    assert reply.response_metadata["finish_reason"] == "length" and reply.usage_metadata["output_tokens"] < 4000

@@ -101,7 +101,7 @@ def test_no_planted_secret_leaves_through_any_export_or_field(tmp_path):
     import uuid
 
     from langchain.agents import create_agent
-    from langchain_core.messages import AIMessage, SystemMessage
+    from langchain_core.messages import AIMessage
     from langchain_core.tools import ToolException
     from secrets_corpus import CUT_KEY, PLANTED, leaks
     from typer.testing import CliRunner

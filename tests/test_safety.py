@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from fcagent import TraceRecorder, TraceStore
 from fcagent.agent.testing import ScriptedChatModel
 from fcagent.cli.app import app
-from fcagent.core.errors import RunFailure, UserError
+from fcagent.core.errors import RunFailure
 from fcagent.pipeline.harvest import harvest
 
 runner = CliRunner()

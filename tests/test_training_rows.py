@@ -143,7 +143,7 @@ def test_prefix_shared_dpo_matches_trls_log_probs_and_gradients(tiny_model_dir):
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
 
-    from fcagent.training.trainers import install_compact_head, install_prefix_sharing
+    from fcagent.training.trainers import install_prefix_sharing
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trl_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

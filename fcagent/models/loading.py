@@ -33,7 +33,8 @@ def _local(path: Path, spec: str, explicit: set[str] | frozenset[str] = frozense
     if (path / RUN_MANIFEST).exists():
         return _from_run(path, explicit, **kwargs)
     dtype = kwargs.pop("dtype", torch.float32)
-    unknown = sorted(set(kwargs) - set(LocalChatModel.model_fields))
+    aliases = {a for f in LocalChatModel.model_fields.values() for a in getattr(f.validation_alias, "choices", ())}
+    unknown = sorted(set(kwargs) - set(LocalChatModel.model_fields) - aliases)
     if unknown:
         raise UserError(f"model `{spec}`: unknown setting(s) {', '.join(unknown)}; a local model takes "
                         f"{', '.join(k for k in LocalChatModel.model_fields if k not in ('hf_model', 'tokenizer'))}")

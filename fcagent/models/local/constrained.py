@@ -1,4 +1,5 @@
-"""Grammar-constrained decoding for the local model: every reply is one schema-valid call.
+"""Grammar-constrained decoding for the local model: every reply is one schema-valid call (or, for
+structured output, one JSON value of the schema asked for).
 
 The text protocol asks the model for `{"name": <function>, "arguments": {...}}`; a 135M model often
 writes something close (a missing brace, an argument the function does not take, a string where a
@@ -106,12 +107,11 @@ class Constrainer:
             raise UserError(f"constrained decoding with `{backend}` needs it installed: "
                             f"pip install 'fcagent[constrained]' ({exc})") from exc
 
-    def _grammar(self, tools: list[dict[str, Any]], many: bool) -> Any:
-        key = json.dumps([tools, many], sort_keys=True, default=str)
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        key = json.dumps(schema, sort_keys=True, default=str)
         if key in self._compiled:
             self._compiled.move_to_end(key)
             return self._compiled[key]
-        schema = call_schema(tools, many=many)
         if self.backend == "llguidance":
             import llguidance
 
@@ -120,40 +120,42 @@ class Constrainer:
                                   "key_separator": _KEY_SEPARATOR})
             error = llguidance.LLMatcher.validate_grammar(grammar, self._ll)
             if error:
-                raise UserError(f"cannot build a call grammar from these tool schemas: {error}")
+                raise UserError(f"cannot build a grammar from this JSON schema: {error}")
         else:
             try:
                 grammar = self._compiler.compile_json_schema(
                     json.dumps(schema), any_whitespace=False, separators=(_ITEM_SEPARATOR, _KEY_SEPARATOR))
             except RuntimeError as exc:
-                raise UserError(f"cannot build a call grammar from these tool schemas: {exc}") from exc
+                raise UserError(f"cannot build a grammar from this JSON schema: {exc}") from exc
         self._compiled[key] = grammar
         while len(self._compiled) > self._cache_size:
             self._compiled.popitem(last=False)
         return grammar
 
-    def row(self, tools: list[dict[str, Any]], prefix: str = "", *, many: bool = False) -> _Row:
-        """A fresh matcher for one reply that starts with `prefix` (already in the prompt); `many`: the
-        reply may be a list of calls."""
-        grammar = self._grammar(tools, many)
+    def row(self, schema: dict[str, Any] | list[dict[str, Any]], prefix: str = "", *, many: bool = False) -> _Row:
+        """A fresh matcher for one reply that must be a JSON value of `schema` and starts with `prefix`
+        (already in the prompt). Given a list of tools instead, the reply is a call to one of them
+        (`call_schema(tools, many=many)`)."""
+        grammar = self._grammar(call_schema(schema, many=many) if isinstance(schema, list) else schema)
         if self.backend == "llguidance":
             import llguidance
 
             matcher = llguidance.LLMatcher(self._ll, grammar, log_level=0)
             if prefix and not matcher.consume_tokens(self._ll.tokenize_str(prefix)):
-                raise UserError(f"the response prefix {prefix!r} cannot start a call ({matcher.get_error()})")
+                raise UserError(f"the response prefix {prefix!r} cannot start a reply of this schema "
+                                f"({matcher.get_error()})")
         else:
             import xgrammar as xgr
 
             matcher = xgr.GrammarMatcher(grammar)
             if prefix and not matcher.accept_string(prefix):
-                raise UserError(f"the response prefix {prefix!r} cannot start a call")
+                raise UserError(f"the response prefix {prefix!r} cannot start a reply of this schema")
         return _Row(self.backend, matcher)
 
     def accepts(self, tools: list[dict[str, Any]], text: str, *, complete: bool = True, many: bool = False) -> bool:
         """Whether `text` is one complete call (`many`: or a list of calls) the grammar for `tools` allows
         (`complete=False`: the start of one, as a reply cut at its token limit is)."""
-        m = self.row(tools, many=many).matcher
+        m = self.row(call_schema(tools, many=many)).matcher
         if self.backend == "llguidance":
             return bool(m.consume_tokens(self._ll.tokenize_str(text)) and (m.is_accepting() or not complete))
         return bool(m.accept_string(text) and (m.is_completed() or not complete))

@@ -12,10 +12,12 @@ times (HF's `num_return_sequences` would recompute the prompt for every copy).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fcagent.models.local.constrained import call_schema
 from fcagent.models.local.prefix_cache import kv_cache_argument
 
 __all__ = ["DecodeSettings", "DecodeRequest", "Decoded", "Generator", "call_end", "finish_text"]
@@ -94,10 +96,11 @@ class DecodeSettings:
     max_new_tokens: int = 128
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    constrain: str | None = None  # the grammar backend, for requests that have tools
+    constrain: str | None = None  # the grammar backend, for requests that have tools or a schema
     constrain_calls: str = "one"  # the grammar allows one call a reply, or `many` (a list: parallel calls)
     prefix: str = ""  # the reply is forced to start with this (it is part of the prompt)
     stop_at_call_end: bool = True
+    timeout_s: float | None = None  # decoding stops after this long (the reply is cut, as at max_new_tokens)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class DecodeRequest:
     prompt: str
     settings: DecodeSettings
     tools: list[dict[str, Any]] | None = None  # the call grammar's functions (constrained decoding)
+    schema: dict[str, Any] | None = None  # or the JSON schema the whole reply must match (structured output)
     sink: Callable[[int, str], None] | None = None  # (candidate index, text piece) while decoding
     cancelled: Any = None  # a threading.Event: once set, this request's rows stop (a client went away)
 
@@ -201,11 +205,15 @@ class Generator:
         if any(r.cancelled is not None for r in requests):
             flags = [r.cancelled for r, n in zip(requests, ns) for _ in range(n)]
             gen["stopping_criteria"].append(_cancelled_criteria(flags))
-        tools = [r.tools for r in requests]
-        if settings.constrain and any(tools):
+        if settings.timeout_s is not None:
+            from transformers import MaxTimeCriteria
+
+            gen["stopping_criteria"].append(MaxTimeCriteria(settings.timeout_s))
+        if settings.constrain and any(r.tools or r.schema for r in requests):
             constrainer = self.constrainer(settings.constrain)  # type: ignore[misc]
             many = settings.constrain_calls == "many"
-            rows = [constrainer.row(t, settings.prefix, many=many) for t, n in zip(tools, ns) for _ in range(n)]
+            rows = [constrainer.row(r.schema or call_schema(r.tools or [], many=many), settings.prefix)
+                    for r, n in zip(requests, ns) for _ in range(n)]
             gen["logits_processor"] = [constrainer.processor(rows, width)]
             if settings.temperature > 0:
                 # generate() runs custom processors after its own warpers; a top-k cut made before the
@@ -232,6 +240,7 @@ class Generator:
         if any(sinks):
             streamer = _RowStreamer(tok, sinks, finish, settings.stop, eos)
             gen["streamer"] = streamer
+        started = time.perf_counter()
         with torch.inference_mode():
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
@@ -262,10 +271,13 @@ class Generator:
                 out = self.hf_model.generate(ids, attention_mask=mask, **kv_cache_argument(self.hf_model, cache), **gen)
             else:
                 out = self.hf_model.generate(ids, attention_mask=mask, **gen)
-        texts, counts = [], []
+        # Stopped by `timeout_s`: rows that had not ended (no end token) were cut, as at the token limit.
+        timed_out = settings.timeout_s is not None and time.perf_counter() - started >= settings.timeout_s
+        texts, counts, cut_short = [], [], []
         for row, tokens in enumerate(out[:, width:].tolist()):
             cut = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
             counts.append(cut)
+            cut_short.append(cut >= settings.max_new_tokens or (timed_out and cut == len(tokens)))
             texts.append(finish(tok.decode(tokens[:cut], skip_special_tokens=True)))
             if streamer is not None and sinks[row] is not None:
                 streamer.tokens[row] = tokens[:cut]
@@ -273,7 +285,7 @@ class Generator:
         results, at = [], 0
         for n, plen in zip(ns, prompt_lens):
             results.append(Decoded(texts=texts[at:at + n], prompt_tokens=int(plen), completion_tokens=counts[at:at + n],
-                                   truncated=[c >= settings.max_new_tokens for c in counts[at:at + n]]))
+                                   truncated=cut_short[at:at + n]))
             at += n
         return results
 

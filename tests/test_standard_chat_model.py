@@ -1,0 +1,81 @@
+"""LangChain's standard tests (`langchain-tests`) on `LocalChatModel` with the bundled SmolLM2-135M.
+
+Every test runs. The ones that fail only because a 135M model answers badly are marked `xfail` with the
+reason; nothing else may fail.
+"""
+
+import functools
+from functools import cache
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from fcagent.models.local.chat_model import LocalChatModel
+
+pytestmark = pytest.mark.slow  # loads the bundled model
+
+
+@cache
+def _weights():
+    from fcagent.models.loading import load_chat_model
+
+    model = load_chat_model("bundled:smollm2-135m")
+    return model.hf_model, model.tokenizer
+
+
+class _Params:
+    @property
+    def chat_model_class(self):
+        return LocalChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        hf_model, tokenizer = _weights()
+        return {"model_name": "bundled:smollm2-135m", "hf_model": hf_model, "tokenizer": tokenizer, "max_new_tokens": 256}
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+
+class TestLocalChatModelUnit(_Params, ChatModelUnitTests):
+    pass
+
+
+def _quality(name: str, reason: str):
+    """The standard test `name`, expected to fail for the 135M model's answer alone (`reason`)."""
+    base = getattr(ChatModelIntegrationTests, name)
+
+    @functools.wraps(base)
+    def test(self, *args, **kwargs):
+        return base(self, *args, **kwargs)
+
+    test.pytestmark = [*getattr(base, "pytestmark", []), pytest.mark.xfail(reason=reason, strict=False)]
+    return test
+
+
+# SmolLM2-135M under the call grammar writes the structure right and then repeats a phrase inside a string
+# ("a cat is a cat and a cat is a cat ...") until the token limit, so the call never closes. The mechanism is
+# tested on replies that do close: tests/test_local_model.py (with_structured_output, all three methods).
+_RUNS_ON = "the 135M model repeats itself inside a string until the token limit; the grammar keeps the structure"
+
+
+class TestLocalChatModelIntegration(_Params, ChatModelIntegrationTests):
+    test_structured_output = _quality("test_structured_output", _RUNS_ON)
+    test_structured_output_async = _quality("test_structured_output_async", _RUNS_ON)
+    test_structured_output_pydantic_2_v1 = _quality("test_structured_output_pydantic_2_v1", _RUNS_ON)
+    test_structured_output_optional_param = _quality("test_structured_output_optional_param", _RUNS_ON)
+    test_unicode_tool_call_integration = _quality("test_unicode_tool_call_integration", _RUNS_ON)
+    test_json_mode = _quality("test_json_mode", "json_mode holds the reply to a JSON object; the 135M model leaves "
+                              "out a field the prompt asks for")
+    test_agent_loop = _quality("test_agent_loop", "asked without a forced call, the 135M model answers in words "
+                               "instead of calling the tool")
