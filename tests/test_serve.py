@@ -50,18 +50,18 @@ def test_the_official_client_plain_tools_streaming_and_n(constrained, smol_dir):
     with background_server(create_app(constrained)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         ask = [{"role": "user", "content": "How many units of SKU-7 do we have?"}]
-        reply = client.chat.completions.create(model="x", messages=ask, tools=[STOCK_TOOL])
+        reply = client.chat.completions.create(model="fcagent-student", messages=ask, tools=[STOCK_TOOL])
         (call,) = reply.choices[0].message.tool_calls
         assert call.function.name == "get_stock" and "sku" in json.loads(call.function.arguments)
         assert reply.choices[0].finish_reason == "tool_calls"
-        chunks = list(client.chat.completions.create(model="x", messages=ask, tools=[STOCK_TOOL], stream=True))
+        chunks = list(client.chat.completions.create(model="fcagent-student", messages=ask, tools=[STOCK_TOOL], stream=True))
         deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
         assert deltas and deltas[0].function.name == "get_stock"
         assert json.loads("".join(d.function.arguments or "" for d in deltas)) == json.loads(call.function.arguments)
         # a tool result goes back as a `tool` message
         follow = [*ask, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                   {"role": "tool", "tool_call_id": call.id, "content": "42"}]
-        assert client.chat.completions.create(model="x", messages=follow, tools=[STOCK_TOOL]).choices
+        assert client.chat.completions.create(model="fcagent-student", messages=follow, tools=[STOCK_TOOL]).choices
 
 
 def test_chat_openai_in_a_users_agent_completes_a_tool_call_through_the_server(constrained):
@@ -76,7 +76,7 @@ def test_chat_openai_in_a_users_agent_completes_a_tool_call_through_the_server(c
         return 42
 
     with background_server(create_app(constrained)) as url:
-        model = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model="student")
+        model = ChatOpenAI(base_url=f"{url}/v1", api_key="unused", model="fcagent-student")
         out = create_agent(model, [get_stock]).invoke({"messages": [HumanMessage("How many units of SKU-7 do we have?")]})
     assert calls and out["messages"][-1].content == "42"
 
@@ -89,7 +89,7 @@ def test_escalation_and_feedback_land_in_the_store_and_export_as_a_pair(tmp_path
     with background_server(create_app(student, teacher=teacher, store=store)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         raw = client.chat.completions.with_raw_response.create(
-            model="x", tools=[STOCK_TOOL], messages=[{"role": "user", "content": "Stock of SKU-7?"}])
+            model="fcagent-student", tools=[STOCK_TOOL], messages=[{"role": "user", "content": "Stock of SKU-7?"}])
         reply = raw.parse()
         assert reply.model == "big-teacher" and raw.headers["x-fcagent-model"] == "big-teacher"
         assert reply.choices[0].message.tool_calls[0].function.name == "get_stock"
@@ -130,7 +130,7 @@ def test_bad_requests_get_openai_style_4xx(tiny_model_dir):
             (post({"messages": [{"role": "wizard", "content": "hi"}]}), 400, "messages.0.role"),
             (post({"messages": []}), 400, "messages"),
             (post({"messages": user, "max_tokens": 100000}), 400, "max_tokens"),
-            (post({"messages": [{"role": "tool", "content": "x"}]}), 400, "messages"),
+            (post({"messages": [{"role": "tool", "content": "x"}]}), 400, "messages.0.tool_call_id"),
             (post({"messages": [{"role": "user", "content": "x" * 10_000}]}), 413, None),
             (post({"messages": user, "n": 99}), 400, "n"),
         ]

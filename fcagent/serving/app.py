@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import socket
 import threading
 import time
@@ -43,7 +44,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fcagent.core import keys
 from fcagent.core.errors import UserError
@@ -51,14 +53,7 @@ from fcagent.core.names import model_name
 from fcagent.core.records import StepError
 from fcagent.routing.check import StudentCheck, Validator
 from fcagent.routing.escalation import Escalations
-from fcagent.serving.wire import (
-    BadRequest,
-    ChatRequest,
-    Feedback,
-    error_body,
-    finish_reason,
-    message_json,
-)
+from fcagent.serving.wire import BadRequest, ChatRequest, Feedback, error_body, finish_reason, json_depth, message_json
 from fcagent.tracing.buffers import CallBuffer, EpisodeBuffer
 from fcagent.tracing.episodes import EpisodeWrites, episode_from_buffer
 from fcagent.tracing.store import TraceStore, open_store
@@ -74,10 +69,22 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     api_key: str | None = Field(None, description="Required as `Authorization: Bearer KEY` when set.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _real_key(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value != value.strip()):
+            raise ValueError("an API key must not be blank nor start or end with whitespace")
+        return value
     max_body_bytes: int = Field(1_000_000, ge=1_000, description="Largest request body accepted.")
     max_tokens_limit: int = Field(1024, ge=1, description="Most tokens a request may ask for.")
     max_n: int = Field(8, ge=1, le=64, description="Most choices a request may ask for.")
-    model_name: str = Field("fcagent-student", description="The name `GET /v1/models` lists.")
+    max_tools: int = Field(128, ge=1, description="Most tools a request may offer.")
+    max_json_depth: int = Field(32, ge=4, description="Deepest nesting of the request's JSON (tool schemas, "
+                                "arguments) accepted.")
+    max_prompt_tokens: int = Field(8192, ge=16, description="Longest prompt (as the student renders it) accepted.")
+    model_name: str = Field("fcagent-student", description="The name `GET /v1/models` lists for the student; a "
+                            "request for another model (but the teacher's) is a 404, as OpenAI answers one.")
 
 
 # --- answering -----------------------------------------------------------------------------------
@@ -110,6 +117,25 @@ def _model_id(model: Any) -> str:
     return model_name(model) or "model"
 
 
+# Pydantic's error locations name union branches too (`tool_choice.literal['none','auto','required']`): the
+# parameter a client wrote is the field names and indexes alone.
+_BRANCH = re.compile(r"[\[\]'(),]|^(str|int|float|bool|dict|list|none|json-or-python)$|^[A-Z_]")
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if isinstance(p, int) or not _BRANCH.search(str(p))) or "body"
+
+
+def _bound(model: BaseChatModel, tools: list[dict[str, Any]] | None, options: dict[str, Any]) -> Any:
+    """A chat model other than the local student, asked what the request asks: its tools and tool choice,
+    its response format."""
+    if tools:
+        model = model.bind_tools(tools, **({"tool_choice": options["tool_choice"]} if "tool_choice" in options else {}))
+    if "response_format" in options:
+        model = model.bind(response_format=options["response_format"])
+    return model
+
+
 class _Server:
     """What the routes share: the models, the escalation routine, the store, the limits."""
 
@@ -121,20 +147,56 @@ class _Server:
         # and a failed one is logged naming the episode (`writes.errors`).
         self.writes = EpisodeWrites(store, "report", None) if store is not None else None
 
+    def names(self) -> list[str]:
+        """The model names the server answers to (`GET /v1/models`)."""
+        return [self.settings.model_name, *([_model_id(self.teacher)] if self.teacher is not None else [])]
+
+    def validate_request(self, req: ChatRequest) -> None:
+        """Every rule a request must pass before any model work (a BadRequest naming the field)."""
+        req.check()
+        if req.model is not None and req.model not in self.names():
+            raise BadRequest(f"the model `{req.model}` does not exist here; this server serves "
+                             f"{', '.join(self.names())} (GET /v1/models)", "model", status=404, code="model_not_found")
+        if req.tools and len(req.tools) > self.settings.max_tools:
+            raise BadRequest(f"{len(req.tools)} tools are over this server's limit of {self.settings.max_tools}",
+                             "tools")
+        for i, tool in enumerate(req.tools or []):
+            if json_depth(tool.function.parameters, self.settings.max_json_depth) > self.settings.max_json_depth:
+                raise BadRequest(f"the parameters of tool {tool.function.name} nest deeper than "
+                                 f"{self.settings.max_json_depth} levels", f"tools.{i}.function.parameters")
+        self.options(req)
+        req.to_langchain()
+
+    def prompt_tokens(self, req: ChatRequest) -> int | None:
+        """The prompt's length in the student's tokens (local students only), rendered as it would be."""
+        from fcagent.models.local.chat_model import LocalChatModel
+
+        if not isinstance(self.student, LocalChatModel):
+            return None
+        prompt = self.student.render(req.to_langchain(), req.tool_schemas())
+        return len(self.student.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
     def options(self, req: ChatRequest) -> dict[str, Any]:
         limit = self.settings.max_tokens_limit
-        wanted = req.max_completion_tokens or req.max_tokens
-        if wanted is not None and wanted > limit:
-            raise BadRequest(f"max_tokens {wanted} is over this server's limit of {limit}", "max_tokens")
+        asked, field_name = ((req.max_completion_tokens, "max_completion_tokens") if req.max_completion_tokens
+                             else (req.max_tokens, "max_tokens"))
+        if asked is not None and asked > limit:
+            raise BadRequest(f"`{field_name}` {asked} is over this server's limit of {limit}", field_name)
         if req.n > self.settings.max_n:
-            raise BadRequest(f"n {req.n} is over this server's limit of {self.settings.max_n}", "n")
+            raise BadRequest(f"`n` {req.n} is over this server's limit of {self.settings.max_n}", "n")
         options: dict[str, Any] = {"n": req.n}
+        if req.tool_choice is not None:
+            options["tool_choice"] = req.tool_choice_option()
+        if req.response_format_option() is not None:
+            options["response_format"] = req.response_format_option()
+        if req.logprobs:
+            options |= {"logprobs": True, "top_logprobs": req.top_logprobs or 0}
         if req.temperature is not None:
             options["temperature"] = req.temperature
         if req.top_p is not None:
             options["top_p"] = req.top_p
-        if wanted is not None:
-            options["max_new_tokens"] = wanted
+        if asked is not None:
+            options["max_new_tokens"] = asked
         if req.seed is not None:
             options["seed"] = req.seed
         return options
@@ -151,8 +213,7 @@ class _Server:
             return [g.message for g in result.generations[0]]
         if options.get("n", 1) > 1:
             raise BadRequest("this server's student answers n=1 only", "n")
-        model = self.student.bind_tools(tools) if tools else self.student
-        return [model.invoke(messages, {"callbacks": callbacks}, stop=stop)]
+        return [_bound(self.student, tools, options).invoke(messages, {"callbacks": callbacks}, stop=stop)]
 
     def answer(self, req: ChatRequest, episode_id: str, *, callbacks: list[Any], cancel: threading.Event) -> _Answer:
         """The student's reply (or replies, for n > 1), escalated to the teacher when it fails the check
@@ -170,15 +231,15 @@ class _Server:
                                  require_call=True if req.requires_call() else None)
         escalated = None
         if why is not None and self.teacher is not None and not cancel.is_set():
-            model = self.teacher.bind_tools(tools) if tools else self.teacher
             started = time.perf_counter()
-            reply = model.invoke(messages)
+            reply = _bound(self.teacher, tools, options).invoke(messages)
             latency = time.perf_counter() - started
             self.routine.record(messages, tools or [], student_reply=replies[0] if replies else None,
                                 teacher_reply=reply, why=why, student=self.student, teacher=self.teacher)
             replies, answered_by, escalated = [reply], self.teacher, why
         usage = [r.usage_metadata or {} for r in replies]  # the prompt once, every reply's tokens
-        answer = _Answer(messages=replies, model=_model_id(answered_by), escalated=escalated,
+        answer = _Answer(messages=replies, escalated=escalated,
+                         model=_model_id(answered_by) if escalated is not None else self.settings.model_name,
                          prompt_tokens=usage[0].get("input_tokens", 0) if usage else 0,
                          completion_tokens=sum(u.get("output_tokens", 0) for u in usage))
         if self.writes is not None:
@@ -231,32 +292,53 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
             if len(body) > settings.max_body_bytes:
                 raise BadRequest(f"request body over {settings.max_body_bytes} bytes", status=413)
         try:
-            return json.loads(body or b"null")
+            data = json.loads(body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise BadRequest(f"the body nests deeper than {settings.max_json_depth} levels") from None
+        if json_depth(data, settings.max_json_depth) > settings.max_json_depth:
+            raise BadRequest(f"the body nests deeper than {settings.max_json_depth} levels")
+        return data
 
     def parse(model: type[BaseModel], data: Any) -> Any:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "body"
+            # A union reports every branch's error; the one that went deepest says what is wrong.
+            err = max(exc.errors(), key=lambda e: len(e["loc"]))
+            where = _param(err["loc"])
+            if err["type"] == "extra_forbidden":
+                raise BadRequest(f"`{where}` is not supported by this server", where) from None
             raise BadRequest(f"`{where}`: {err['msg']}", where) from None
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if exc.status_code == 404:
+            return error(404, f"no route {request.url.path} here; this server answers /v1/chat/completions, "
+                         "/v1/models and /v1/feedback", code="unknown_url")
+        if exc.status_code == 405:
+            return error(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+        return error(exc.status_code, str(exc.detail))
 
     @app.get("/v1/models")
     async def models() -> Any:
-        names = [settings.model_name, *([_model_id(teacher)] if teacher is not None else [])]
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "fcagent"}
-                                           for n in names]}
+                                           for n in server.names()]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         try:
             req = parse(ChatRequest, await read_json(request))
-            req.to_langchain()
-            server.options(req)
+            server.validate_request(req)
+            tokens = await asyncio.to_thread(server.prompt_tokens, req)
+            if tokens is not None and tokens > settings.max_prompt_tokens:
+                raise BadRequest(f"the prompt is {tokens} tokens, over this server's limit of "
+                                 f"{settings.max_prompt_tokens}", "messages", code="context_length_exceeded")
         except BadRequest as exc:
             return error(exc.status, exc.message, exc.param, exc.code)
+        except UserError as exc:
+            return error(400, str(exc))
         episode_id = str(uuid.uuid4())
         response_id = f"chatcmpl-{episode_id}"
         created = int(time.time())
@@ -268,7 +350,8 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
                 return error(exc.status, exc.message, exc.param)
             except UserError as exc:
                 return error(400, str(exc))
-            choices = [{"index": i, "message": message_json(m), "finish_reason": finish_reason(m), "logprobs": None}
+            choices = [{"index": i, "message": message_json(m), "finish_reason": finish_reason(m),
+                        "logprobs": (m.response_metadata or {}).get("logprobs") if req.logprobs else None}
                        for i, m in enumerate(answer.messages)]
             body = {"id": response_id, "object": "chat.completion", "created": created, "model": answer.model,
                     "choices": choices, "system_fingerprint": None,
@@ -276,7 +359,7 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
                               "total_tokens": answer.prompt_tokens + answer.completion_tokens}}
             return JSONResponse(body, headers={MODEL_HEADER: answer.model})
         return StreamingResponse(_stream(server, req, episode_id, response_id, created, cancel, request),
-                                 media_type="text/event-stream", headers={MODEL_HEADER: _model_id(student)})
+                                 media_type="text/event-stream", headers={MODEL_HEADER: settings.model_name})
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> Any:
@@ -291,11 +374,11 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
         verdict = parse_verdict(fb.label)
         if verdict is None:
             return error(400, "`label` must be good or bad (up/down, true/false, 1/0, a score)", "label")
-        try:
-            label = await asyncio.to_thread(server.store.label, fb.id.removeprefix("chatcmpl-"), verdict, fb.reason,
-                                            fb.source)
-        except UserError as exc:
-            return error(404, str(exc), "id")
+        episode = fb.id.removeprefix("chatcmpl-")
+        # The whole id, never a prefix: a client labels its own responses, not whichever one an id starts.
+        if not await asyncio.to_thread(server.store.has_episode, episode):
+            return error(404, f"no response with id {fb.id!r} was recorded here", "id")
+        label = await asyncio.to_thread(server.store.label, episode, verdict, fb.reason, fb.source)
         return {"id": fb.id, "episode": label.target_id, "label": "good" if verdict else "bad"}
 
     return app
@@ -313,7 +396,7 @@ async def _stream(server: _Server, req: ChatRequest, episode_id: str, response_i
 
     def event(delta: dict[str, Any], finish: str | None = None, model: str | None = None, index: int = 0) -> str:
         chunk = {"id": response_id, "object": "chat.completion.chunk", "created": created,
-                 "model": model or _model_id(server.student), "system_fingerprint": None,
+                 "model": model or server.settings.model_name, "system_fingerprint": None,
                  "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
@@ -360,7 +443,7 @@ async def _stream(server: _Server, req: ChatRequest, episode_id: str, response_i
                 for i, call in enumerate(body.get("tool_calls") or []):
                     yield event({"tool_calls": [{"index": i, **call}]}, model=answer.model, index=index)
                 yield event({}, finish=finish_reason(message), model=answer.model, index=index)
-            if (req.stream_options or {}).get("include_usage"):
+            if req.stream_options is not None and req.stream_options.include_usage:
                 usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
                          "total_tokens": answer.prompt_tokens + answer.completion_tokens}
                 chunk = {"id": response_id, "object": "chat.completion.chunk", "created": created,

@@ -62,7 +62,7 @@ __all__ = ["LocalChatModel", "to_chat_dicts", "call_end", "reply_message"]
 # several calls), `stream` (the method called decides), `ls_structured_output_format` (tracing metadata).
 _PASSED_THROUGH = {"parallel_tool_calls", "stream", "ls_structured_output_format", "cancel"}
 _CALL_OPTIONS = {"tools", "tool_choice", "response_format", "n", "temperature", "top_p", "max_new_tokens",
-                 "max_tokens", "seed"}
+                 "max_tokens", "seed", "logprobs", "top_logprobs"}
 
 
 class LocalChatModel(BaseChatModel):
@@ -236,7 +236,8 @@ class LocalChatModel(BaseChatModel):
             stop=tuple(dict.fromkeys([*(stop or []), *(self.stop or []), *self.stop_sequences])),
             seed=kwargs.get("seed", self.seed), constrain=grammar, constrain_calls=self.constrain_calls,
             prefix=self.response_prefix if prefix is None else prefix, stop_at_call_end=self.stop_at_call_end,
-            timeout_s=self.timeout)
+            timeout_s=self.timeout,
+            logprobs=int(kwargs.get("top_logprobs") or 0) if kwargs.get("logprobs") else None)
 
     def _plan(self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any,
               kwargs: dict[str, Any]) -> _Plan:
@@ -274,6 +275,8 @@ class LocalChatModel(BaseChatModel):
                                   "total_tokens": decoded.prompt_tokens + count}
             msg.response_metadata = {"model_name": self.model_name, "latency_s": elapsed,
                                      "finish_reason": "length" if truncated else ("tool_calls" if msg.tool_calls else "stop")}
+            if decoded.logprobs is not None:  # where LangChain's OpenAI models put them
+                msg.response_metadata["logprobs"] = {"content": decoded.logprobs[i]}
             if i == 0 and plan.message_id:
                 msg.id = plan.message_id
             generations.append(ChatGeneration(message=msg))

@@ -101,6 +101,7 @@ class DecodeSettings:
     prefix: str = ""  # the reply is forced to start with this (it is part of the prompt)
     stop_at_call_end: bool = True
     timeout_s: float | None = None  # decoding stops after this long (the reply is cut, as at max_new_tokens)
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and its k likeliest alternatives
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Decoded:
     prompt_tokens: int
     completion_tokens: list[int]
     truncated: list[bool]  # stopped by max_new_tokens
+    logprobs: list[list[dict[str, Any]]] | None = None  # per candidate, per token (OpenAI's `logprobs.content`)
 
 
 class _RowStreamer:
@@ -189,6 +191,8 @@ class Generator:
             gen |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if settings.stop:
             gen |= {"stop_strings": list(settings.stop), "tokenizer": tok}
+        if settings.logprobs is not None:
+            gen |= {"output_logits": True, "return_dict_in_generate": True}
         if len(prompts) == 1:
             enc = tok(prompts[0], return_tensors="pt", add_special_tokens=False)
             prompt_lens = [enc["input_ids"].shape[1]]
@@ -271,6 +275,8 @@ class Generator:
                 out = self.hf_model.generate(ids, attention_mask=mask, **kv_cache_argument(self.hf_model, cache), **gen)
             else:
                 out = self.hf_model.generate(ids, attention_mask=mask, **gen)
+        logits = getattr(out, "logits", None)
+        out = getattr(out, "sequences", out)
         # Stopped by `timeout_s`: rows that had not ended (no end token) were cut, as at the token limit.
         timed_out = settings.timeout_s is not None and time.perf_counter() - started >= settings.timeout_s
         texts, counts, cut_short = [], [], []
@@ -282,12 +288,42 @@ class Generator:
             if streamer is not None and sinks[row] is not None:
                 streamer.tokens[row] = tokens[:cut]
                 streamer._emit(row, final=True)  # what was held back; the pieces now add up to the text
+        rows_logprobs = _logprobs(tok, out[:, width:], logits, counts, settings.logprobs) \
+            if settings.logprobs is not None else None
         results, at = [], 0
         for n, plen in zip(ns, prompt_lens):
             results.append(Decoded(texts=texts[at:at + n], prompt_tokens=int(plen), completion_tokens=counts[at:at + n],
-                                   truncated=cut_short[at:at + n]))
+                                   truncated=cut_short[at:at + n],
+                                   logprobs=rows_logprobs[at:at + n] if rows_logprobs is not None else None))
             at += n
         return results
+
+
+def _logprobs(tok: Any, tokens: Any, logits: Any, counts: list[int], top: int) -> list[list[dict[str, Any]]]:
+    """Each row's tokens with their log-probabilities under the model (its own distribution, before any
+    grammar mask or temperature) and the `top` likeliest alternatives, in OpenAI's shape."""
+    import torch
+
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text = tok.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    rows = []
+    steps = torch.stack(list(logits), dim=1).float().log_softmax(dim=-1)  # rows x steps x vocab
+    for row, count in enumerate(counts):
+        content = []
+        for step in range(min(count, steps.shape[1])):
+            dist = steps[row, step]
+            chosen = int(tokens[row, step])
+            item = entry(chosen, float(dist[chosen]))
+            if top:
+                values, ids = dist.topk(top)
+                item["top_logprobs"] = [entry(int(i), float(v)) for v, i in zip(values, ids)]
+            else:
+                item["top_logprobs"] = []
+            content.append(item)
+        rows.append(content)
+    return rows
 
 
 def _cancelled_criteria(flags: list[Any]) -> Any:

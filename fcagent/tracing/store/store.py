@@ -271,6 +271,10 @@ class TraceStore:
                 raise
         return resolved
 
+    def has_episode(self, episode_id: str) -> bool:
+        """Whether an episode with exactly this id is stored (no prefix matching)."""
+        return any(True for _ in self._query("SELECT 1 FROM episodes WHERE id=?", (episode_id,)))
+
     def resolve_id(self, id_or_prefix: str) -> str:
         """The full id of the one episode or completion whose id is, or starts with, `id_or_prefix`."""
         if not isinstance(id_or_prefix, str) or not id_or_prefix.strip():
