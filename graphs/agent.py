@@ -3,7 +3,7 @@
 * `math_agent`, `logic_agent`: fcagent's step-by-step function-calling graph on the calculator and the
   logic task. A typed question (`{"messages": [{"role": "user", "content": "..."}]}`) is answered by the
   model `$FCAGENT_MODEL` names (default: the bundled student, `bundled:smollm2-135m`; any spec: a run
-  folder, `provider:model`). A task problem (`{"problem": {...}}`) the task knows is replayed by the
+  folder, `provider:model`), decoded under the call grammar so that the chain always reaches an answer. A task problem (`{"problem": {...}}`) the task knows is replayed by the
   reference teacher (its gold chain); any other problem goes to the model.
 * `own_agent`: the user's-own-agent story, a `create_agent` warehouse assistant with three tools whose
   model calls go to the student first (`StudentMiddleware`) and to the teacher when the student's reply
@@ -45,8 +45,13 @@ from fcagent.core import keys
 
 
 @cache
-def _student() -> BaseChatModel:
-    return load_chat_model(os.environ.get("FCAGENT_MODEL", "bundled:smollm2-135m"), max_new_tokens=96)
+def _student(grammar: bool = False) -> BaseChatModel:
+    """The model `$FCAGENT_MODEL` names. `grammar`: decoded under the call grammar unless the spec says
+    otherwise (`?constrain=...`): fcagent's graph takes one call per reply, and an untrained small model
+    asked a question in words answers in words, so without the grammar a typed question ends at the step
+    limit with no answer; with it every reply is a call, and the chain ends at `final_answer`."""
+    spec = os.environ.get("FCAGENT_MODEL", "bundled:smollm2-135m")
+    return load_chat_model(spec, max_new_tokens=96, **({"constrain": "llguidance"} if grammar else {}))
 
 
 class ProblemOrQuestion(BaseChatModel):
@@ -84,7 +89,7 @@ class ProblemOrQuestion(BaseChatModel):
 @cache
 def _task_graph(spec: str):
     task = get_task(spec)
-    model = ProblemOrQuestion(model=_student(), teacher=ReferenceTeacher(problems=task.load(limit=2000)))
+    model = ProblemOrQuestion(model=_student(grammar=True), teacher=ReferenceTeacher(problems=task.load(limit=2000)))
     return build_agent_graph(model, task=task)
 
 

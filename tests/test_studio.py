@@ -76,8 +76,9 @@ def test_task_graphs_answer_a_typed_question(dev_server, graph):
     client, _ = dev_server
     tokens, final = _stream(client, graph, {"messages": [{"role": "user", "content": "What is 12 times 7, plus 5?"}]})
     assert tokens  # the model's output streamed as it was produced
-    assert final["messages"][-1]["type"] in ("ai", "human") and final.get("status") in ("answered", "step_limit", "no_call")
-    assert any(m["type"] == "ai" and m["content"] for m in final["messages"])
+    # a person who types a question gets an answer (right or wrong: the 135M model is untrained)
+    assert final["status"] == "answered" and final["final_answer"] not in (None, ""), final.get("errors")
+    assert any(m["type"] == "ai" and "final_answer" in m["content"] for m in final["messages"])
 
 
 def test_a_task_problem_is_replayed_by_the_reference_teacher(dev_server):
