@@ -79,9 +79,12 @@ def test_sigkill_mid_export_leaves_no_half_written_file(tmp_path):
     proc.wait()
     assert not out.exists()  # never a half-written export under the real name
     assert TraceStore(db).count() == 300  # the store itself is intact
+    stale = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert stale  # what the killed export left
     TraceStore(db).export_jsonl(out)
     lines = out.read_text().splitlines()
     assert len(lines) == 300 and all(json.loads(line)["episode"]["id"] for line in lines)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # the next export removed it
 
 
 # --- property tests of the BFCL checker -------------------------------------------------------

@@ -326,3 +326,56 @@ def test_bad_files_get_a_line_naming_the_file(tmp_path):
         result = runner.invoke(app, [*cmd, "--store", str(corrupt)], env={"COLUMNS": "300"})
         assert result.exit_code != 0 and "Traceback" not in result.output and result.exception is None or \
             isinstance(result.exception, SystemExit), (cmd, result.output)
+
+
+def test_readers_open_the_store_read_only_and_refuse_what_is_not_a_store(tmp_path):
+    """Listing and exporting open the store read-only: nothing is created or migrated, a store on a
+    read-only medium reads (`immutable` when even `mode=ro` cannot open it), and an empty or foreign file
+    is an error, not a new store."""
+    from fcagent.core.errors import StoreError
+
+    db = _harvested(tmp_path, 2)
+    folder = db.parent
+    for extra in folder.glob("t.db-*"):  # as a copy on a read-only medium would be: the file alone
+        extra.unlink()
+    before = sorted(p.name for p in folder.iterdir())
+    reader = TraceStore(db, read_only=True)
+    assert reader.count() == 2 and len(list(reader.traces())) == 2
+    with pytest.raises(StoreError, match="read-only"):
+        reader.label(reader.latest_episode_id(), False, "no")
+    assert sorted(p.name for p in folder.iterdir()) == before or reader._read_uri.endswith("mode=ro")
+    result = runner.invoke(app, ["traces", "stats", "--store", str(db)])
+    assert result.exit_code == 0 and '"episodes": 2' in result.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    for args in (["traces", "ls"], ["traces", "stats"], ["export", "--out", str(tmp_path / "o")]):
+        result = runner.invoke(app, [*args, "--store", str(empty)])
+        assert result.exit_code == 2 and "empty file, not a trace store" in result.output, result.output
+    assert empty.read_bytes() == b""  # untouched, not turned into a store
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    result = runner.invoke(app, ["traces", "stats", "--store", str(text)])
+    assert result.exit_code == 2 and "not an SQLite trace store" in result.output
+
+
+def test_an_import_stopped_by_a_full_disk_says_how_far_it_got_and_a_rerun_finishes(tmp_path, monkeypatch):
+    source = _harvested(tmp_path, 4)
+    exported = tmp_path / "all.jsonl"
+    TraceStore(source).export_jsonl(exported)
+    target = tmp_path / "target.db"
+    original = TraceStore._insert
+    writes = {"n": 0}
+
+    def full_after_two(self, rows, replace):
+        writes["n"] += 1
+        if writes["n"] > 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return original(self, rows, replace)
+
+    monkeypatch.setattr(TraceStore, "_insert", full_after_two)
+    result = runner.invoke(app, ["traces", "import", str(exported), "--store", str(target)])
+    assert result.exit_code == 1 and "2 of 4 episodes" in result.output and "Run the same import again" in result.output
+    monkeypatch.setattr(TraceStore, "_insert", original)
+    result = runner.invoke(app, ["traces", "import", str(exported), "--store", str(target)])
+    assert result.exit_code == 0 and "added 2 episodes, 2 were already present" in result.output
+    assert TraceStore(target).count() == 4

@@ -96,14 +96,17 @@ def data_dir(path: Path | None) -> Path | None:
     return path
 
 
-def open_store(path: Path, *, create: bool = False) -> Any:
-    """The trace store at `path`; a command that only reads it refuses a missing file (rather than
-    creating an empty store and reporting 0 episodes)."""
+def open_store(path: Path, *, create: bool = False, write: bool = False) -> Any:
+    """The trace store at `path`. A command that only reads it opens it read-only (nothing is created or
+    migrated: a missing, empty or foreign file is an error, and a store on a read-only file system reads);
+    `write`: an existing store it writes to; `create`: one it may make."""
     from fcagent.tracing.store import TraceStore
 
-    if not create and not Path(path).exists():
-        raise UserError(f"`--store` {path} does not exist; record or harvest into it first")
-    return TraceStore(path)
+    if create or write:
+        if not create and not Path(path).exists():
+            raise UserError(f"`--store` {path} does not exist; record or harvest into it first")
+        return TraceStore(path)
+    return TraceStore(path, read_only=True)
 
 
 def check_output_file(out: Path, *, force: bool, inputs: tuple[Path, ...]) -> None:

@@ -127,7 +127,7 @@ def replay_cmd(model: Annotated[str, typer.Option("--model", "-m", envvar="FCAGE
     from fcagent.pipeline.replay import replay
     from fcagent.tasks import get_task
 
-    trace_store = open_store(store)
+    trace_store = open_store(store, write=True)
     t = get_task(task, data_dir=checked_data_dir(data_dir))
     chat = ModelSpec.parse(model).for_task(t).load()
     console.print(replay(trace_store, chat, student_name=model, task=task, samples=candidates, temperature=temperature,

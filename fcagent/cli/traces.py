@@ -149,7 +149,7 @@ def traces_label(target_ids: Annotated[Optional[list[str]], typer.Argument(help=
         raise UserError("give ids with --good/--bad, or --file, not both")
     if file is None and (not target_ids or success is None):
         raise UserError("give one or more ids and --good or --bad (or --file feedback.jsonl)")
-    s = open_store(store)
+    s = open_store(store, write=True)
     if file is not None:
         labels = read_feedback(file, source=source if source != "user" else "feedback")
     else:

@@ -11,7 +11,7 @@ from typing import Any
 
 from fcagent.core.records import bounded
 
-__all__ = ["write_jsonl_atomic", "dumps"]
+__all__ = ["write_jsonl_atomic", "dumps", "remove_stale_temporaries"]
 
 # One encoder for every stored value: `json.dumps` with these options builds a new one per call,
 # which was a third of the trace writer's encoding time (~19 values per episode).
@@ -31,7 +31,8 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[dict[str, An
     killed mid-write) never see a half-written file. Returns the number of rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path.parent, f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     n = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -43,3 +44,33 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[dict[str, An
         Path(tmp).unlink(missing_ok=True)
         raise
     return n
+
+
+def remove_stale_temporaries(folder: Path, prefix: str) -> list[Path]:
+    """Remove temporary files `prefix<pid>.*` whose writing process is gone (a SIGKILLed export leaves its
+    temporary file behind); those of a process still running (another export into the same folder) stay."""
+    removed = []
+    for tmp in folder.glob(f"{glob_escape(prefix)}*"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -62,7 +62,7 @@ from fcagent.agent.prompting import (
     to_chat_dicts,
 )
 from fcagent.core import keys
-from fcagent.core.files import write_jsonl_atomic
+from fcagent.core.files import remove_stale_temporaries, write_jsonl_atomic
 from fcagent.core.records import PairSource, to_langchain
 from fcagent.data.judging import Judgement, candidate_identity, judge, reply_text
 from fcagent.data.layout import ExportKind, ExportLayout
@@ -323,8 +323,10 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: ExportKind, se
     def measure(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(text)
 
-    # A spool of its own (two exports into one folder must not share one), removed whatever happens.
-    fd, spool_name = tempfile.mkstemp(dir=out_dir, prefix=f".{kind}.", suffix=".spool")
+    # A spool of its own (two exports into one folder must not share one), removed whatever happens; one a
+    # killed export left behind is removed by the next.
+    remove_stale_temporaries(out_dir, f".{kind.value}.")
+    fd, spool_name = tempfile.mkstemp(dir=out_dir, prefix=f".{kind.value}.{os.getpid()}.", suffix=".spool")
     os.close(fd)
     spool = Path(spool_name)
     try:

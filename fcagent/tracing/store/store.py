@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,13 +69,20 @@ _CALL_COLUMNS = ("c.id, c.episode_id, c.context_hash, c.protocol, c.messages AS 
 class TraceStore:
     """Episodes, candidate completions, tool runs and labels in one SQLite file."""
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE, *, timeout: float = 60.0):
-        """`timeout`: seconds a write waits for another writer's lock before it fails (and is reported)."""
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE, *, timeout: float = 60.0,
+                 read_only: bool = False):
+        """`timeout`: seconds a write waits for another writer's lock before it fails (and is reported).
+        `read_only`: open an existing store for reading only: nothing is created or migrated, and it reads
+        on a read-only file system too (what listing and exporting commands open)."""
         self.path = Path(path)
         self.timeout = timeout
+        self.read_only = read_only
         if self.path.is_dir():
             raise UserError(f"`store` must be a file path, {self.path} is a folder")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if read_only:
+            _check_store_file(self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._writer_fd: tuple[int, int] | None = None  # (pid, fd) of the writer-queue lock file
         self._writer: EpisodeWriter | None = None  # started by the first `write_episode_soon`
@@ -82,19 +90,60 @@ class TraceStore:
         # writer thread holds through each transaction.
         self._writer_lock = threading.Lock()
         self._file_key = os.path.realpath(self.path)  # the stores of this process on one file share queues
-        self._conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
+        self._read_uri: str | None = None  # read-only: the URI that opened the file (`mode=ro`, or `immutable`)
+        try:
+            self._conn = self._connect_read_only() if read_only else \
+                sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a readable fcagent store: {exc}") from exc
         try:
             self._refuse_newer_schema()  # before anything writes: a newer store is left exactly as it was
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            self._migrate()
+            if read_only:
+                self._refuse_unmigrated()
+            else:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise StoreError(f"{self.path} is not a readable fcagent store: {exc}") from exc
         except StoreError:
             self._conn.close()
             raise
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes: `mode=ro`, or where even that cannot open the file (a read-only
+        file system without the WAL's shared-memory file), `immutable=1`."""
+        if self._read_uri is None:
+            base = "file:" + urllib.parse.quote(os.path.abspath(self.path))
+            for uri in (f"{base}?mode=ro", f"{base}?immutable=1"):
+                try:
+                    conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False,
+                                           isolation_level=None)
+                    conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                except sqlite3.OperationalError:
+                    continue
+                self._read_uri = uri
+                return conn
+            raise StoreError(f"{self.path} cannot be opened for reading")
+        return sqlite3.connect(self._read_uri, uri=True, timeout=self.timeout, check_same_thread=False,
+                               isolation_level=None)
+
+    def _refuse_unmigrated(self) -> None:
+        exists = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='_migrations'").fetchone()
+        applied = {r[0] for r in self._conn.execute("SELECT name FROM _migrations")} if exists else set()
+        missing = [name for name, _ in MIGRATIONS if name not in applied]
+        if not exists:
+            raise StoreError(f"{self.path} is not an fcagent trace store (it has no fcagent tables)")
+        if missing:
+            raise StoreError(f"{self.path} has schema version {len(applied)} and must be migrated to {SCHEMA_VERSION} "
+                             "before it can be read: open it once with a command that writes (e.g. `fcagent traces "
+                             "label`), where the file is writable")
+
+    def _refuse_writes(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only; open it without `read_only` to write")
 
     # --- schema --------------------------------------------------------------------------------
 
@@ -183,6 +232,7 @@ class TraceStore:
     def write_episodes(self, traces: list[EpisodeTrace | dict[str, Any]], *, replace: bool | list[bool] = False
                        ) -> list[bool]:
         """Store several episodes in one transaction (all or none); per episode, False if it was there."""
+        self._refuse_writes()
         rows = [trace_rows(trace) for trace in traces]
         replaces = replace if isinstance(replace, list) else [replace] * len(rows)
         with self._lock, self._writer_queue():
@@ -258,6 +308,7 @@ class TraceStore:
     def label_many(self, labels: list[Label]) -> list[Label]:
         """Attach many labels in one transaction (feedback arriving in bulk); every target is resolved
         (unique prefixes allowed) before anything is written, so a bad id writes nothing."""
+        self._refuse_writes()
         resolved = [lab.model_copy(update={"target_id": self.resolve_id(lab.target_id),
                                            "created_at": lab.created_at or time.time()}) for lab in labels]
         rows = [label_row(lab.model_dump()) for lab in resolved]
@@ -300,7 +351,8 @@ class TraceStore:
         # A connection of its own per query, fetched in batches: memory stays flat with store size,
         # and a long read never holds the writer's lock.
         self._settle()
-        conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
+        conn = self._connect_read_only() if self.read_only else \
+            sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         try:
             cur = conn.execute(sql, params)
@@ -507,8 +559,31 @@ class TraceStore:
             raise StoreError(f"{path}: no such file") from None
         except UnicodeDecodeError as exc:
             raise StoreError(f"{path}: not UTF-8 text (byte {exc.start}); import takes a JSONL export") from None
-        added = sum(self.write_episode(t) for t in traces)
-        return added, len(traces) - added
+        added = present = 0
+        for done, trace in enumerate(traces):
+            try:
+                stored = self.write_episode(trace)  # one transaction each: what was written stays written
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreWriteError(
+                    trace.episode.id,
+                    RuntimeError(f"{exc}; {done} of {len(traces)} episodes of {path} were imported before it "
+                                 f"({added} new, {present} already present). Run the same import again once the "
+                                 "cause is fixed: it skips what is there and adds the rest")) from exc
+            added += stored
+            present += not stored
+        return added, present
+
+
+def _check_store_file(path: Path) -> None:
+    """An existing SQLite file, for a reader: a missing, empty or other file is named, never turned into a store."""
+    if not path.exists():
+        raise UserError(f"`--store` {path} does not exist; record or harvest into it first")
+    if path.stat().st_size == 0:
+        raise StoreError(f"{path} is an empty file, not a trace store; nothing was written to it")
+    with path.open("rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            raise StoreError(f"{path} is not an SQLite trace store (a JSONL export? `fcagent traces import {path}` "
+                             "adds one to a store)")
 
 
 def open_store(store: str | os.PathLike[str] | TraceStore) -> TraceStore:
