@@ -19,6 +19,7 @@ from langchain_core.tools import ToolException, tool
 from typer.testing import CliRunner
 
 from fcagent import (
+    Label,
     TraceMiddleware,
     TraceRecorder,
     TraceStore,
@@ -148,14 +149,15 @@ def label_with_cli(store_path, reqs, ids, tmp_path) -> None:
 
 
 def check_export(store: TraceStore, tmp_path) -> None:
-    chains = [json.loads(line) for line in export_sft(store, tmp_path / "chains").path.read_text().splitlines()]
+    # every request exported (test_fraction 0): the counts below are of all 30 episodes
+    chains = [json.loads(line) for line in export_sft(store, tmp_path / "chains", test_fraction=0.0).path.read_text().splitlines()]
     whole = [r for r in chains if all(m.get("train") for m in r["messages"] if m["role"] == "assistant")]
     assert len(whole) == 11 + 6  # every good episode whose steps were all good: one row, every turn trained
     for r in chains:
         if "Reserve" in r["messages"][1]["content"]:  # the failed reserve call is never a target
             trained = [m["content"] for m in r["messages"] if m["role"] == "assistant" and m["train"]]
             assert trained == [r["messages"][-1]["content"]] and trained[0].startswith("Sorry")
-    sft = export_sft(store, tmp_path / "sft", sft_rows="step")
+    sft = export_sft(store, tmp_path / "sft", sft_rows="step", test_fraction=0.0)
     rows = [json.loads(line) for line in sft.path.read_text().splitlines()]
     finals = [r for r in rows if not r["messages"][-1]["content"].startswith("{")]
     calls = [r for r in rows if r["messages"][-1]["content"].startswith("{")]
@@ -164,7 +166,7 @@ def check_export(store: TraceStore, tmp_path) -> None:
     assert all(json.loads(r["tools"]) and {t["function"]["name"] for t in json.loads(r["tools"])} ==
                {"check_stock", "reserve", "opening_hours"} for r in rows)  # the functions the model saw
     assert all(r["messages"][0]["role"] == "system" and "check_stock" in r["messages"][0]["content"] for r in rows)
-    pairs = export_preference_pairs(store, tmp_path / "pairs")
+    pairs = export_preference_pairs(store, tmp_path / "pairs", test_fraction=0.0)
     prs = [json.loads(line) for line in pairs.path.read_text().splitlines()]
     wrong = [p for p in prs if p["rejected_reason"] == "final reply of an episode labelled bad"]
     assert len(wrong) == 8  # one per repeated request, the wrong answer rejected
@@ -271,3 +273,26 @@ def test_cli_labels_by_prefix_lists_questions_and_shows_call_ids(tmp_path):
     assert all(f"call {c.id}" in shown.output for c in store.trace(ids[0]).completions)
     missing = runner.invoke(app, ["traces", "label", "zzzz", "--good", "--store", str(store_path)])
     assert missing.exit_code != 0
+
+
+def test_held_out_requests_are_never_exported_for_training(tmp_path):
+    """Recorded traffic is split by request (first user message + tools): a held-out request never reaches
+    the training rows, and a request asked again falls on the same side."""
+    from fcagent.data.split import traffic_split
+
+    store = TraceStore(tmp_path / "traces.db")
+    reqs = requests()
+    recorder = TraceRecorder(store)
+    ids = run_all(reqs, lambda m: create_agent(m, TOOLS), lambda: {"callbacks": [recorder]})
+    store.label_many([Label(target_id=i, success=True, source="feedback") for i in ids])
+    sides: dict[str, set[str]] = {}
+    for trace in store.traces():
+        question = trace.completions[0].messages[0].content
+        sides.setdefault(question, set()).add(traffic_split(trace.episode.request_key, 0.2))
+    assert all(len(s) == 1 for s in sides.values())  # a repeated request never straddles the split
+    held_out = {q for q, s in sides.items() if s == {"test"}}
+    assert held_out and len(held_out) < len(sides)
+    rows = [json.loads(line) for line in export_sft(store, tmp_path / "sft").path.read_text().splitlines()]
+    seen = {m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}
+    assert seen and not seen & held_out
+    assert export_sft(store, tmp_path / "all", test_fraction=0.0).rows > len(rows)

@@ -21,7 +21,7 @@ from langchain_core.messages import (
 )
 from pydantic import BaseModel, Field, model_validator
 
-__all__ = ["LabelSource", "PairSource", "MessageRecord", "Candidate", "Completion", "ToolRun", "Label", "Episode", "EpisodeTrace", "StepError",
+__all__ = ["request_key", "LabelSource", "PairSource", "MessageRecord", "Candidate", "Completion", "ToolRun", "Label", "Episode", "EpisodeTrace", "StepError",
            "StepErrorKind", "message_record", "to_langchain", "context_hash", "bounded"]
 
 class LabelSource(StrEnum):
@@ -158,6 +158,18 @@ def context_hash(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | N
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def request_key(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str | None:
+    """Identity of a *request*: its first user message and the names of the tools offered. A request
+    asked word for word again has the same key, whatever happened after it: what a held-out split of
+    recorded traffic is cut by (`fcagent.data.split`), so one request never straddles the split."""
+    first = next((m.get("content", "") for m in messages if m.get("role") == "user"), None)
+    if first is None:
+        return None
+    names = sorted(str((t.get("function") or t).get("name", "")) for t in tools or [] if isinstance(t, dict))
+    blob = _CANON_ENCODER.encode([" ".join(str(first).split()), names])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
 class Candidate(BaseModel):
     """One output of a model call (a call with `n` > 1 has several)."""
 
@@ -237,6 +249,7 @@ class Episode(BaseModel):
     tags: list[str] = Field(default_factory=list)
     outputs: dict[str, Any] = Field(default_factory=dict)  # final_answer, status, verdict, steps
     error: str | None = None
+    request_key: str | None = None  # `request_key`: the held-out split of recorded traffic goes by it
 
 
 class EpisodeTrace(BaseModel):

@@ -67,7 +67,7 @@ from fcagent.core.records import PairSource, to_langchain
 from fcagent.data.judging import Judgement, candidate_identity, judge, reply_text
 from fcagent.data.layout import ExportKind, ExportLayout
 from fcagent.data.rows import ExportError, PreferencePair, SftRow, validate_pair
-from fcagent.tasks.base import split_of
+from fcagent.data.split import DEFAULT_TEST_FRACTION, split_of_row
 from fcagent.tracing.redact import Redactor
 from fcagent.tracing.store import TraceStore, open_store
 from fcagent.tracing.store.rows import CallRow
@@ -80,6 +80,8 @@ class ExportSettings(BaseModel):
     teacher_student: bool = Field(True, description="Include teacher-vs-student pairs.")
     task: str | None = Field(None, description="Only this task family.")
     exclude_splits: tuple[str, ...] = Field(("test",), description="Splits whose problems never appear in exports.")
+    test_fraction: float = Field(DEFAULT_TEST_FRACTION, ge=0.0, lt=1.0, description="Recorded traffic of a user's "
+                                 "own agent: the share of requests held out for evaluation (`fcagent.data.split`).")
     unlabelled: Literal["skip", "good"] = Field(
         "skip", description="Episodes nobody labelled: `skip` their calls, or take them as `good` (for production "
         "traffic where only bad runs get flagged).")
@@ -113,7 +115,7 @@ def _groups(store: TraceStore, settings: ExportSettings, dropped: Counter) -> It
     """Completions grouped by context, streamed from the store in context order (flat memory)."""
     group: list[CallRow] = []
     for row in store.calls_by_context(task=settings.task):
-        split = row.split or (split_of(row.problem_id) if row.problem_id else None)
+        split = split_of_row(row.split, row.problem_id, row.request_key, settings.test_fraction)
         if split in settings.exclude_splits:
             dropped[f"{split} split (never exported)"] += 1
             continue
@@ -148,7 +150,7 @@ def _chain_rows(store: TraceStore, settings: ExportSettings, good_calls: set[str
     trains every assistant turn; the good replies of any other episode become rows of their own."""
     episode: list[CallRow] = []
     for row in store.calls_by_episode(task=settings.task):
-        split = row.split or (split_of(row.problem_id) if row.problem_id else None)
+        split = split_of_row(row.split, row.problem_id, row.request_key, settings.test_fraction)
         if split in settings.exclude_splits:
             continue
         if episode and episode[0].episode_id != row.episode_id:

@@ -21,7 +21,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from fcagent.core import keys
 from fcagent.core.calls import CallParseError, calls_error, parse_calls
 from fcagent.core.errors import StoreWriteError, UserError
-from fcagent.core.records import LabelSource, StepError, context_hash, message_record
+from fcagent.core.records import LabelSource, StepError, context_hash, message_record, request_key
 from fcagent.tracing.buffers import CallBuffer, EpisodeBuffer, ToolRunBuffer
 from fcagent.tracing.redact import Redactor
 from fcagent.tracing.store import TraceStore, open_store
@@ -208,6 +208,7 @@ def episode_from_buffer(buf: EpisodeBuffer, *, max_tool_output_chars: int = MAX_
         labels.append({"target_id": ep_id, "candidate": None, "success": bool(verdict["success"]),
                        "source": LabelSource.VERIFIER, "reason": str(verdict.get("reason", ""))})
     problem_id = getattr(problem, "id", None) or meta.get(keys.PROBLEM_ID)
+    first = completions[0] if completions else None
     kept_outputs = {k: outputs.get(k) for k in ("final_answer", "status", "verdict", "steps", "errors") if k in outputs}
     episode = {
         "id": ep_id, "thread_id": meta.get("thread_id"), "name": buf.name, "started_at": buf.started_at,
@@ -216,6 +217,7 @@ def episode_from_buffer(buf: EpisodeBuffer, *, max_tool_output_chars: int = MAX_
         "split": getattr(problem, "split", None), "model": meta.get(keys.MODEL) or model,
         "metadata": {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool) and not k.startswith("langgraph_")},
         "tags": list(dict.fromkeys(buf.tags)), "outputs": kept_outputs, "error": buf.error,
+        "request_key": request_key(first["messages"], first["tools"]) if first is not None else None,
     }
     if problem_id and not episode["split"]:
         from fcagent.tasks.base import split_of

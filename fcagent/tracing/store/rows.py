@@ -49,7 +49,7 @@ def trace_rows(trace: EpisodeTrace | dict[str, Any]) -> TraceRows:
                "ended_at": e.get("ended_at"), "status": e.get("status", "complete"), "task": e.get("task"),
                "problem_id": e.get("problem_id"), "split": e.get("split"), "model": e.get("model"),
                "metadata": dumps(metadata), "tags": dumps(e.get("tags") or []), "outputs": dumps(e.get("outputs") or {}),
-               "error": e.get("error"), "dedupe_key": metadata.get(keys.DEDUPE)}
+               "error": e.get("error"), "dedupe_key": metadata.get(keys.DEDUPE), "request_key": e.get("request_key")}
     blobs: dict[str, str] = {}
     digests: dict[int, str] = {}  # by record object: a message record shared by several calls is encoded once
     completions = []
@@ -100,6 +100,7 @@ class CallRow:
     is_last: bool = False  # the episode's last model call (its final reply)
     episode_success: int | None = None  # the episode's newest label: 1, 0, or None (unlabelled)
     labels: str | None = None  # JSON list of the call's own labels, oldest first
+    request_key: str | None = None  # the episode's request (recorded traffic is split by it)
 
     @classmethod
     def of(cls, r: sqlite3.Row) -> CallRow:
@@ -125,7 +126,7 @@ def episode_of(r: sqlite3.Row) -> Episode:
     return Episode(id=r["id"], thread_id=r["thread_id"], name=r["name"], started_at=r["started_at"],
                    ended_at=r["ended_at"], status=r["status"], task=r["task"], problem_id=r["problem_id"],
                    split=r["split"], model=r["model"], metadata=json.loads(r["metadata"]), tags=json.loads(r["tags"]),
-                   outputs=json.loads(r["outputs"]), error=r["error"])
+                   outputs=json.loads(r["outputs"]), error=r["error"], request_key=r["request_key"])
 
 
 def completion_of(r: sqlite3.Row, messages: list[Any]) -> Completion:

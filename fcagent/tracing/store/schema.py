@@ -52,13 +52,17 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("004_completion_prompt_parts", """
         ALTER TABLE completions ADD COLUMN prompt TEXT
     """),
+    # The request an episode answers (`fcagent.core.records.request_key`): recorded traffic is split by it.
+    ("005_episode_request_key", """
+        ALTER TABLE episodes ADD COLUMN request_key TEXT
+    """),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Every column an insert writes, by name: rows are dicts keyed by these, so a column added by a
 # migration cannot shift the others (inserts used to be positional tuples in migration order).
 EPISODE_COLUMNS = ("id", "thread_id", "name", "started_at", "ended_at", "status", "task", "problem_id", "split",
-                   "model", "metadata", "tags", "outputs", "error", "dedupe_key")
+                   "model", "metadata", "tags", "outputs", "error", "dedupe_key", "request_key")
 COMPLETION_COLUMNS = ("id", "episode_id", "parent_run_id", "seq", "model", "protocol", "step", "context_hash",
                       "messages", "tools", "params", "candidates", "usage", "latency_ms", "error", "message_hashes",
                       "prompt")

@@ -63,7 +63,7 @@ DEFAULT_STORE = "fcagent-traces.db"
 _INSERT_LABEL = insert_sql("INSERT OR IGNORE", "labels", LABEL_COLUMNS)
 # The columns a `CallRow` is made of, named as its fields.
 _CALL_COLUMNS = ("c.id, c.episode_id, c.context_hash, c.protocol, c.messages AS inline_messages, c.message_hashes, "
-                 "c.tools, c.candidates, c.prompt, e.task, e.problem_id, e.split")
+                 "c.tools, c.candidates, c.prompt, e.task, e.problem_id, e.split, e.request_key")
 
 
 class TraceStore:
