@@ -157,6 +157,24 @@ def print_report(report: dict) -> None:
         console.print(f"McNemar {pair}: {t['only_a']} vs {t['only_b']} discordant, p = {t['p_value']:.3g}")
 
 
+def print_traffic_report(report: dict) -> None:
+    """An evaluation on recorded traffic: step agreement and its companions, and the McNemar tests."""
+    from rich.table import Table
+
+    def rate(r: dict) -> str:
+        return "–" if not r or r.get("rate") is None else f"{r['agree']}/{r['n']} {r['rate']:.0%} " \
+            f"({r['ci95'][0]:.0%}–{r['ci95'][1]:.0%})"
+
+    table = Table("model", "step agreement (95% CI)", "first call", "episode", "repeats rejected", "invalid",
+                  "would escalate", title=f"{report['store']} · {report['good_steps']} held-out steps")
+    for name, m in report["models"].items():
+        table.add_row(name, rate(m["step_agreement"]), rate(m["first_call_agreement"]), rate(m["episode_agreement"]),
+                      rate(m["repeats_rejected"]), f"{m['invalid_call_rate']:.0%}", f"{m['escalation_rate']:.0%}")
+    console.print(table)
+    for pair, t in report["mcnemar"].items():
+        console.print(f"McNemar {pair}: {t['only_a']} vs {t['only_b']} discordant, p = {t['p_value']:.3g}")
+
+
 # The command groups register themselves on `app` / `traces_app`.
 from fcagent.cli import pipeline, data, training, serving, traces  # noqa: E402,F401,I001  (the order `--help` lists them in)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fcagent.cli.app import app, console, escape, open_store, print_report, progress
+from fcagent.cli.app import app, console, escape, open_store, print_report, print_traffic_report, progress
 from fcagent.cli.app import data_dir as checked_data_dir
 from fcagent.cli.options import (
     DEFAULT_MODEL,
@@ -27,6 +27,11 @@ from fcagent.cli.options import (
     TaskOpt,
 )
 from fcagent.core.errors import RunFailure, UserError
+
+
+class Unlabelled(str, Enum):
+    skip = "skip"
+    good = "good"
 
 
 class PresetChoice(str, Enum):
@@ -136,16 +141,41 @@ def replay_cmd(model: Annotated[str, typer.Option("--model", "-m", envvar="FCAGE
 
 @app.command("eval")
 def eval_cmd(model: Annotated[list[str], typer.Option("--model", "-m", envvar="FCAGENT_MODEL",
-                                                      help="NAME=SPEC or SPEC; repeat for each model. " + MODEL_HELP)],
-             task: TaskOpt = "math", split: Annotated[Split, typer.Option(help="Which split's problems.")] = Split.test,
-             limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="Number of problems.")] = 100,
+                                                      help="NAME=SPEC or SPEC; repeat for each model. With --store, "
+                                                      "`NAME=recorded` scores the recorded replies. " + MODEL_HELP)],
+             task: Annotated[Optional[str], typer.Option("--task", "-t", help="A task suite to evaluate on (math, "
+                                                         "logic:prontoqa, bfcl:simple_python, ...); without it, the "
+                                                         "held-out traffic of --store.")] = None,
+             store: Annotated[Optional[Path], typer.Option("--store", envvar="FCAGENT_STORE",
+                                                           help="Without --task: the trace store whose held-out "
+                                                           "traffic the models answer.")] = None,
+             split: Annotated[Split, typer.Option(help="With --task: which split's problems.")] = Split.test,
+             limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="With --task: number of problems.")] = 100,
+             test_fraction: Annotated[float, typer.Option(min=0.0, max=0.99, help="With --store: the share of requests "
+                                                          "held out (the same split the exporter holds out).")] = 0.2,
+             judge: Annotated[Optional[str], typer.Option(help="With --store: who judges answers in words: `default` "
+                                                          "(same text, or the same numbers and names), a model spec, "
+                                                          "or python:module:function.")] = None,
+             unlabelled: Annotated[Unlabelled, typer.Option(help="With --store: episodes nobody labelled: skip them, "
+                                                            "or take them as good.")] = Unlabelled.skip,
              out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval"),
              protocol: ProtocolOpt = ProtocolChoice.auto, max_agent_steps: MaxAgentStepsOpt = None,
              data_dir: DataOpt = None) -> None:
-    """Evaluate models on the same held-out problems: accuracy with CIs, McNemar tests, tokens, time."""
+    """Evaluate models on held-out problems of a task, or on the held-out traffic of your own agent: accuracy
+    (or step agreement) with CIs, McNemar tests, tokens, time."""
     from fcagent.pipeline.evaluate import evaluate, model_names
 
     models = model_names(model)
+    if task is None:
+        if store is None:
+            raise UserError("give --task (a task suite) or --store (your agent's recorded traffic)")
+        from fcagent.pipeline.traffic import evaluate_traffic
+
+        report = evaluate_traffic(open_store(store), models, out_dir=out, test_fraction=test_fraction, judge=judge,
+                                  unlabelled=unlabelled.value, progress=progress())
+        print_traffic_report(report)
+        console.print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'agreement.png'}")
+        return
     report = evaluate(models, task=task, split=split.value, limit=limit, out_dir=out,
                       data_dir=checked_data_dir(data_dir), protocol=protocol.value, max_steps=max_agent_steps,
                       progress=progress())

@@ -1,0 +1,121 @@
+"""`fcagent eval --store`: models scored on a user's own recorded traffic (a `create_agent` agent with the
+user's tools), by the rules of `fcagent.pipeline.agreement`."""
+
+import json
+
+import pytest
+from langchain.agents import create_agent
+from test_own_agent import TOOLS, WarehouseModel, call, requests, run_all
+from typer.testing import CliRunner
+
+from fcagent import Label, TraceRecorder, TraceStore
+from fcagent.cli.app import app
+from fcagent.pipeline.agreement import StringMatch, calls_agree, load_judge, same_answer
+from fcagent.pipeline.traffic import evaluate_traffic, heldout_steps
+
+SCHEMA = [{"type": "function", "function": {"name": "book", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}, "nights": {"type": "integer"}, "price": {"type": "number"},
+    "breakfast": {"type": "boolean", "default": False}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["city", "nights"]}}},
+          {"type": "function", "function": {"name": "cancel", "parameters": {"type": "object", "properties": {
+              "id": {"type": "string"}}, "required": ["id"]}}}]
+
+
+def test_calls_agree_by_typed_matching_generalised_from_bfcl():
+    rec = [{"name": "book", "args": {"city": "New York", "nights": 2, "price": 100.0}}]
+    ok = lambda args, name="book": calls_agree([{"name": name, "args": args}], rec, SCHEMA)[0]  # noqa: E731
+    assert ok({"city": "new york", "nights": 2, "price": 100})  # case, spacing; an int for a number
+    assert ok({"city": "New-York.", "nights": 2, "price": 100.0, "breakfast": False})  # the default written out
+    assert not ok({"city": "New York", "nights": 2.0, "price": 100.0})  # a float where an integer goes
+    assert not ok({"city": "Boston", "nights": 2, "price": 100.0})
+    assert not ok({"city": "New York", "nights": 2, "price": 100.0, "breakfast": True})
+    assert not ok({"city": "New York", "price": 100.0})  # a required argument missing
+    assert not ok({"city": "New York", "nights": 2, "price": 100.0, "pets": 1})  # an argument the schema lacks
+    assert not ok({"city": "New York", "nights": 2, "price": 100.0}, name="cancel")
+    both = [{"name": "cancel", "args": {"id": "A"}}, {"name": "cancel", "args": {"id": "B"}}]
+    assert calls_agree(list(reversed(both)), both, SCHEMA)[0]  # parallel calls: any order
+    assert not calls_agree(both[:1], both, SCHEMA)[0]
+    assert not calls_agree([{"name": "book", "args": {"city": "NY", "nights": 2, "tags": ["a", "b"]}}],
+                           [{"name": "book", "args": {"city": "NY", "nights": 2, "tags": ["b", "a"]}}], SCHEMA)[0]
+    strict = StringMatch(case=True, punctuation=True)
+    assert not calls_agree([{"name": "book", "args": {"city": "new york", "nights": 2}}],
+                           [{"name": "book", "args": {"city": "New York", "nights": 2}}], SCHEMA, strict)[0]
+
+
+def test_the_default_judge_compares_the_facts_of_an_answer():
+    assert same_answer("We have 30 units of SKU-3.", "we have 30 units of sku-3")
+    assert same_answer("We have 30 units of SKU-3.", "There are 30 units of SKU-3 in stock.")
+    assert not same_answer("We have 30 units of SKU-3.", "We have 35 units of SKU-3.")
+    assert not same_answer("On Monday the warehouse is open 8-16.", "On Sunday it is closed.")
+    assert not same_answer("Sure, happy to help.", "Of course, glad to help!")  # no facts: only exact text agrees
+    assert load_judge(None) is same_answer
+    assert load_judge("python:test_traffic:_yes")("a", "b") is True
+
+
+def _yes(reference: str, candidate: str) -> bool:
+    return True
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """The warehouse agent's 30 requests recorded and labelled by the users (8 wrong answers flagged)."""
+    path = tmp_path_factory.mktemp("traffic") / "traces.db"
+    store = TraceStore(path)
+    reqs = requests()
+    recorder = TraceRecorder(store)
+    ids = run_all(reqs, lambda m: create_agent(m, TOOLS), lambda: {"callbacks": [recorder]})
+    store.label_many([Label(target_id=i, success=ok, source="feedback") for i, (_, _, ok) in zip(ids, reqs)])
+    return path
+
+
+def _half_right() -> WarehouseModel:
+    """A 'student' that calls the right tool for stock questions and answers the opening hours wrongly."""
+    scripts = {}
+    for q, replies, _ in requests():
+        if q.startswith("Are you open"):
+            scripts[q] = [call("opening_hours", day="Monday"), "Always open."]
+        else:
+            scripts.setdefault(q, replies)
+    return WarehouseModel(scripts=scripts)
+
+
+def test_recorded_replies_agree_with_themselves_and_a_student_is_scored_step_by_step(recorded, tmp_path):
+    store = TraceStore(recorded)
+    steps = heldout_steps(store, test_fraction=0.5)
+    assert steps and {s.index for s in steps} == {0, 1}
+    report = evaluate_traffic(store, {"teacher": "recorded", "student": "half"}, out_dir=tmp_path / "eval",
+                              test_fraction=0.5, loaded={"student": _half_right()})
+    teacher, student = report["models"]["teacher"], report["models"]["student"]
+    assert teacher["step_agreement"]["rate"] == 1.0 and teacher["episode_agreement"]["rate"] == 1.0
+    assert teacher["escalation_rate"] == 0.0 and teacher["invalid_call_rate"] == 0.0
+    good = [s for s in steps if s.good]
+    asked = lambda s: next(m.content for m in s.messages if m.type == "human")  # noqa: E731
+    hours = [s for s in good if asked(s).startswith("Are you open")]
+    # wrong on every opening-hours step but the call for Monday, which names the day asked
+    wrong = [s for s in hours if s.index == 1 or "Monday" not in asked(s)]
+    assert student["step_agreement"]["agree"] == len(good) - len(wrong)
+    assert 0 < student["step_agreement"]["rate"] < 1 and student["step_agreement"]["ci95"][0] <= \
+        student["step_agreement"]["rate"] <= student["step_agreement"]["ci95"][1]
+    if hours:
+        assert student["per_tool"]["(answer in words)"]["rate"] < 1.0
+    assert set(report["mcnemar"]) == {"teacher vs student"}
+    if report["bad_episodes"]:  # the recorded wrong answers are what a user rejected; the recording repeats them
+        assert teacher["repeats_rejected"]["rate"] == 1.0
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "| teacher |" in text and "McNemar" in text and (tmp_path / "eval" / "agreement.png").stat().st_size > 0
+    # held-out means held out: no step of these episodes is in the exported training rows
+    from fcagent import export_sft
+
+    rows = export_sft(store, tmp_path / "sft", test_fraction=0.5).path.read_text()
+    assert not any(s.completion_id in rows for s in steps)
+    asked = {json.loads(line)["messages"][1]["content"] for line in rows.splitlines()}
+    assert not asked & {s.messages[0].content for s in steps if s.messages[0].type == "human"}
+
+
+def test_the_cli_evaluates_recorded_traffic(recorded, tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--store", str(recorded), "-m", "teacher=recorded", "--test-fraction",
+                                      "0.5", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["models"]["teacher"]["step_agreement"]["rate"] == 1.0
+    result = CliRunner().invoke(app, ["eval", "-m", "x=recorded"])
+    assert result.exit_code == 2 and "give --task" in result.output
