@@ -119,3 +119,43 @@ def test_the_cli_evaluates_recorded_traffic(recorded, tmp_path):
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["models"]["teacher"]["step_agreement"]["rate"] == 1.0
     result = CliRunner().invoke(app, ["eval", "-m", "x=recorded"])
     assert result.exit_code == 2 and "give --task" in result.output
+
+
+@pytest.mark.slow
+def test_distill_from_labelled_traffic_gates_promotes_and_trains_only_on_news(recorded, tmp_path, tiny_model_dir):
+    """split → export → train → evaluate on held-out traffic → gate → promote; a failed gate exits 3 and leaves
+    production as it was; a run with no new labels trains nothing; the next round starts from production."""
+    import sqlite3
+
+    store_path = tmp_path / "traces.db"
+    with sqlite3.connect(recorded) as src, sqlite3.connect(store_path) as dst:  # a copy, its WAL included
+        src.backup(dst)
+    out, prod = tmp_path / "distill", tmp_path / "runs" / "prod"
+    base = ["distill", "--store", str(store_path), "--student", str(tiny_model_dir), "--out", str(out),
+            "--test-fraction", "0.5", "--sft-epochs", "1", "--promote", str(prod)]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--gate", "step_agreement>=0.0"])
+    assert result.exit_code == 0, result.output
+    assert prod.is_symlink() and prod.resolve() == (out / "round-1" / "student").resolve()
+    report = json.loads((out / "round-1" / "eval" / "results.json").read_text())
+    assert set(report["models"]) == {"base", "new", "recorded"}
+    assert report["models"]["recorded"]["step_agreement"]["rate"] == 1.0
+    text = (out / "round-1" / "eval" / "report.md").read_text()
+    assert text.index("Verdict: promoted") < text.index("| setting | value |") < text.index("| model |")
+    assert json.loads((out / "round-1" / "verdict.json").read_text())["promoted"] is True
+    # nothing new labelled: nothing trained
+    result = runner.invoke(app, [*base, "--gate", "step_agreement>=0.0"])
+    assert result.exit_code == 0 and "nothing trained" in result.output and not (out / "round-2").exists()
+    # new feedback: the next round trains from the promoted student; a gate it cannot meet keeps production
+    store = TraceStore(store_path)
+    store.label(store.latest_episode_id(), True, "more feedback", "feedback")
+    result = runner.invoke(app, [*base, "--gate", "step_agreement>=0.99,invalid_call_rate<=0.0",
+                                 "--baseline-model", str(prod)])
+    assert result.exit_code == 3, result.output
+    assert "falls short of >= 0.99" in result.output and "not promoted" in result.output
+    assert prod.resolve() == (out / "round-1" / "student").resolve()
+    manifest = json.loads((out / "round-2" / "student" / "fcagent_run.json").read_text())
+    assert manifest["base_model"] == str((out / "round-1" / "student").resolve())  # warm start from production
+    assert len((tmp_path / "runs" / "prod.promotions.jsonl").read_text().splitlines()) == 1
+    result = runner.invoke(app, ["distill", "--store", str(store_path), "--gate", "accuracy>=1"])
+    assert result.exit_code == 2 and "accuracy is not a figure" in result.output

@@ -188,13 +188,29 @@ def eval_cmd(model: Annotated[list[str], typer.Option("--model", "-m", envvar="F
 
 
 @app.command()
-def distill(task: TaskOpt = "bfcl:simple_python",
+def distill(task: Annotated[Optional[str], typer.Option("--task", "-t", help="A task suite to distil on (bfcl:simple_python, "
+                                                        "logic:prontoqa, math:gsm8k, ...); without it, the labelled "
+                                                        "traffic of --store.")] = None,
             teacher: Annotated[str, typer.Option(help="The teacher: `reference` (gold chains, offline), a local spec, "
                                                  "or provider:model.")] = "reference",
             student: Annotated[str, typer.Option(help="The student to train: " + MODEL_HELP)] = DEFAULT_MODEL,
             out: Annotated[Path, typer.Option("--out", help="Run folder (every stage resumes from it).")] = Path("runs/distill"),
             store: Annotated[Optional[Path], typer.Option("--store", envvar="FCAGENT_STORE",
-                                                          help="The trace store (default: OUT/traces.db).")] = None,
+                                                          help="With --task: where the run records (default: "
+                                                          "OUT/traces.db). Without: your agent's recorded, labelled "
+                                                          "traffic, which the student learns from.")] = None,
+            gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Without --task: what the new student "
+                                                              "must reach on held-out traffic to be promoted, e.g. "
+                                                              "step_agreement>=0.9 (repeat, or join with commas).")] = None,
+            baseline_model: Annotated[Optional[Path], typer.Option("--baseline-model", help="Without --task: the "
+                                                                   "student in production; the new one must not be "
+                                                                   "significantly worse.")] = None,
+            promote: Annotated[Optional[Path], typer.Option("--promote", help="Without --task: point this name (a "
+                                                            "link, e.g. runs/prod) at the new student when it passes.")] = None,
+            test_fraction: Annotated[float, typer.Option(min=0.0, max=0.99, help="Without --task: the share of "
+                                                         "requests held out for the evaluation.")] = 0.2,
+            unlabelled: Annotated[Unlabelled, typer.Option(help="Without --task: episodes nobody labelled: skip, or "
+                                                           "take them as good.")] = Unlabelled.skip,
             preset: Annotated[PresetChoice, typer.Option(help="quick (a small slice of everything) or full.")] = PresetChoice.quick,
             method: Annotated[Optional[list[MethodChoice]], typer.Option("--method", help="Methods to train (default: the preset's).")] = None,
             baseline: Annotated[MethodChoice, typer.Option(help="The baseline method; `sft` trains SFT on the same chosen completions.")] = MethodChoice.sft,
@@ -209,9 +225,32 @@ def distill(task: TaskOpt = "bfcl:simple_python",
             sft_epochs: Annotated[Optional[float], typer.Option(min=0.01, max=1000, help="Override the preset's SFT epochs.")] = None,
             last_turn_weight: Annotated[Optional[float], typer.Option(min=1.0, max=1000.0, help="SFT: loss weight of each chain's final call (TrainSettings.last_turn_weight).")] = None,
             data_dir: DataOpt = None) -> None:
-    """Harvest → label → export → train (the preference methods and the SFT baseline) → evaluate → report."""
+    """Task suites: harvest → label → export → train (the preference methods and the SFT baseline) → evaluate.
+    Your own traffic (--store, no --task): split → export → train → evaluate on held-out traffic → gate → promote."""
     from fcagent.pipeline.distill import PRESETS
     from fcagent.pipeline.distill import distill as run_distill
+
+    if task is None:
+        if store is None:
+            raise UserError("give --task (a task suite) or --store (your agent's labelled traffic)")
+        from fcagent.pipeline.distill_traffic import check_traffic_options, distill_traffic
+        from fcagent.training.settings import TrainSettings
+
+        trace_store = open_store(store)
+        chosen_gate = check_traffic_options(trace_store, gate)
+        methods_asked = [m.value for m in method] if method else ["sft"]
+        if len(methods_asked) != 1:
+            raise UserError("with --store, give one --method (the student to gate and promote)")
+        epochs = {"num_train_epochs": sft_epochs} if sft_epochs else {}
+        result = distill_traffic(store=trace_store, out=out, student=student, method=methods_asked[0],
+                                 settings=TrainSettings(method="sft", per_device_train_batch_size=4,
+                                                        seed=seed or 0, **epochs),
+                                 baseline=str(baseline_model) if baseline_model else None, gate=chosen_gate,
+                                 promote_to=promote, test_fraction=test_fraction, unlabelled=unlabelled.value,
+                                 log=console.print, progress_factory=progress)
+        if result.report:
+            print_traffic_report(result.report)
+        raise typer.Exit(result.exit_code)
 
     methods = [m.value for m in method] if method else None
     if methods and baseline.value not in methods:

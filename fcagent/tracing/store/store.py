@@ -415,6 +415,11 @@ class TraceStore:
             f"SELECT * FROM labels WHERE target_id IN ({_marks(len(ids))}) ORDER BY id", ids)]
         return EpisodeTrace(episode=ep, completions=comps, tool_runs=tools, labels=labels)
 
+    def label_watermark(self) -> tuple[int, float | None]:
+        """How many labels the store holds, and when the newest was written: what a training run saw."""
+        row = next(self._query("SELECT COUNT(*) AS n, MAX(created_at) AS newest FROM labels"))
+        return row["n"], row["newest"]
+
     def verdict_counts(self, *, unlabelled: str = "skip") -> dict[str, int]:
         """Complete episodes by their newest episode label (what the exporter's policy sees)."""
         names = {1: "labelled good", 0: "labelled bad",
