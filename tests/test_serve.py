@@ -158,3 +158,55 @@ def test_a_client_that_disconnects_mid_stream_frees_its_rows(tiny_model_dir):
         assert quick.status_code == 200
         # the abandoned request's 4,000 tokens were not generated first (~10 s on this model)
         assert time.perf_counter() - started < 5
+
+
+def test_a_server_follows_a_promotion_without_failing_a_request(tmp_path, tiny_model_dir):
+    """`fcagent serve --student runs/prod`: re-pointing runs/prod (a promotion) swaps the new student in while
+    eight clients keep asking; every request is answered, and the later ones by the new student."""
+    import os
+    import shutil
+    import threading
+
+    from fcagent.pipeline.promotion import promote
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(tiny_model_dir, old)
+    shutil.copytree(tiny_model_dir, new)
+    prod = tmp_path / "runs" / "prod"
+    promote(old, prod)
+    app = create_app(load_chat_model(str(prod), max_new_tokens=4), follow=str(prod))
+    app.state.fcagent.reloader.check_every_s = 0.0
+    answered, failed, runs = [], [], set()
+    stop = threading.Event()
+
+    def client(url):
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        while not stop.is_set():
+            try:
+                raw = c.chat.completions.with_raw_response.create(model="fcagent-student",
+                                                                  messages=[{"role": "user", "content": "hi"}])
+                raw.parse()
+                answered.append(1)
+                runs.add(raw.headers["x-fcagent-run"])
+            except Exception as exc:  # noqa: BLE001 - counted: the test fails on any
+                failed.append(exc)
+
+    with background_server(app) as url:
+        threads = [threading.Thread(target=client, args=(url,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        while len(answered) < 16:
+            time.sleep(0.05)
+        promote(new, prod)
+        deadline = time.monotonic() + 60
+        while os.path.realpath(new) not in runs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = len(answered)
+        while len(answered) < before + 16:
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failed == [] and len(answered) >= 32
+    assert runs == {os.path.realpath(old), os.path.realpath(new)}
+    assert app.state.fcagent.reloader.reloads == 1

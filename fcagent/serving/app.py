@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -61,6 +62,7 @@ from fcagent.tracing.store import TraceStore, open_store
 __all__ = ["create_app", "serve", "background_server", "ChatRequest", "ServeSettings"]
 
 MODEL_HEADER = "x-fcagent-model"
+RUN_HEADER = "x-fcagent-run"
 
 
 class ServeSettings(BaseModel):
@@ -146,6 +148,11 @@ class _Server:
         # Request episodes are queued for the store's writer thread: a write never holds up a reply,
         # and a failed one is logged naming the episode (`writes.errors`).
         self.writes = EpisodeWrites(store, "report", None) if store is not None else None
+        self.reloader: Any = None  # a StudentReloader, when the student's path may be re-pointed (a promotion)
+
+    def run_header(self) -> dict[str, str]:
+        """`x-fcagent-run`: the run folder the serving student was loaded from, where it follows one."""
+        return {RUN_HEADER: self.reloader.loaded} if self.reloader is not None else {}
 
     def names(self) -> list[str]:
         """The model names the server answers to (`GET /v1/models`)."""
@@ -201,32 +208,34 @@ class _Server:
             options["seed"] = req.seed
         return options
 
-    def _student_replies(self, messages: list[BaseMessage], tools: list[dict[str, Any]] | None, stop: list[str] | None,
-                         options: dict[str, Any], callbacks: Any, cancel: threading.Event) -> list[AIMessage]:
+    def _student_replies(self, student: BaseChatModel, messages: list[BaseMessage], tools: list[dict[str, Any]] | None,
+                         stop: list[str] | None, options: dict[str, Any], callbacks: Any,
+                         cancel: threading.Event) -> list[AIMessage]:
         """`n` replies of the student: the local model samples them from one prompt pass (and stops a
         request's rows when `cancel` is set); another chat model is asked once."""
         from fcagent.models.local.chat_model import LocalChatModel
 
-        if isinstance(self.student, LocalChatModel):
-            result = self.student.generate([messages], stop=stop, callbacks=callbacks, tools=tools, cancel=cancel,
+        if isinstance(student, LocalChatModel):
+            result = student.generate([messages], stop=stop, callbacks=callbacks, tools=tools, cancel=cancel,
                                            **options)
             return [g.message for g in result.generations[0]]
         if options.get("n", 1) > 1:
             raise BadRequest("this server's student answers n=1 only", "n")
-        return [_bound(self.student, tools, options).invoke(messages, {"callbacks": callbacks}, stop=stop)]
+        return [_bound(student, tools, options).invoke(messages, {"callbacks": callbacks}, stop=stop)]
 
     def answer(self, req: ChatRequest, episode_id: str, *, callbacks: list[Any], cancel: threading.Event) -> _Answer:
         """The student's reply (or replies, for n > 1), escalated to the teacher when it fails the check
         (`Escalations`, shared with `StudentMiddleware`). Runs in a worker thread. With a store, the
         request is an episode holding the reply that reached the client; an escalation is stored as
         its own pair episode by the routine."""
+        student = self.student  # this request's, whatever a reload swaps in meanwhile
         messages = req.to_langchain()
         tools = req.tool_schemas()
         options = self.options(req)
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         started_at, started = time.time(), time.perf_counter()
-        replies = self._student_replies(messages, tools, stop, options, callbacks, cancel)
-        answered_by, latency = self.student, time.perf_counter() - started
+        replies = self._student_replies(student, messages, tools, stop, options, callbacks, cancel)
+        answered_by, latency = student, time.perf_counter() - started
         why = self.routine.judge(messages, replies[0] if replies else None, tools or [],
                                  require_call=True if req.requires_call() else None)
         escalated = None
@@ -235,7 +244,7 @@ class _Server:
             reply = _bound(self.teacher, tools, options).invoke(messages)
             latency = time.perf_counter() - started
             self.routine.record(messages, tools or [], student_reply=replies[0] if replies else None,
-                                teacher_reply=reply, why=why, student=self.student, teacher=self.teacher)
+                                teacher_reply=reply, why=why, student=student, teacher=self.teacher)
             replies, answered_by, escalated = [reply], self.teacher, why
         usage = [r.usage_metadata or {} for r in replies]  # the prompt once, every reply's tokens
         answer = _Answer(messages=replies, escalated=escalated,
@@ -257,11 +266,18 @@ class _Server:
 
 
 def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, store: str | TraceStore | None = None,
-               validate: Validator = "grounded", settings: ServeSettings | None = None) -> Any:
-    """The FastAPI app (see the module docs); `serve()` runs it with uvicorn."""
+               validate: Validator = "grounded", settings: ServeSettings | None = None,
+               follow: str | None = None) -> Any:
+    """The FastAPI app (see the module docs); `serve()` runs it with uvicorn. `follow`: the path the student
+    was loaded from (a run folder, or a link a promotion re-points): the server swaps in the student it
+    leads to when that changes (`fcagent.serving.reload`)."""
     settings = settings or ServeSettings()
     server = _Server(student, teacher, open_store(store) if store is not None else None, StudentCheck(validate),
                      settings)
+    if follow is not None:
+        from fcagent.serving.reload import StudentReloader
+
+        server.reloader = StudentReloader(server, follow)
     app = FastAPI(title="fcagent serve", docs_url=None, redoc_url=None)
     app.state.fcagent = server
 
@@ -328,6 +344,8 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
+        if server.reloader is not None:
+            server.reloader.maybe_reload()
         try:
             req = parse(ChatRequest, await read_json(request))
             server.validate_request(req)
@@ -357,9 +375,10 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
                     "choices": choices, "system_fingerprint": None,
                     "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
                               "total_tokens": answer.prompt_tokens + answer.completion_tokens}}
-            return JSONResponse(body, headers={MODEL_HEADER: answer.model})
+            return JSONResponse(body, headers={MODEL_HEADER: answer.model, **server.run_header()})
         return StreamingResponse(_stream(server, req, episode_id, response_id, created, cancel, request),
-                                 media_type="text/event-stream", headers={MODEL_HEADER: settings.model_name})
+                                 media_type="text/event-stream",
+                                 headers={MODEL_HEADER: settings.model_name, **server.run_header()})
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> Any:
@@ -467,10 +486,15 @@ def serve(student: str, *, host: str = "127.0.0.1", port: int = 8000, teacher: s
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         raise UserError(f"`--host {host}` exposes the model beyond this machine: set an API key "
                         "(`--api-key` or $FCAGENT_API_KEY)")
-    student_model = ModelSpec.parse(student).load()
+    spec = ModelSpec.parse(student)
+    student_model = spec.load()
     teacher_model = ModelSpec.parse(teacher).load() if teacher else None
+    # A student loaded from a path (a run folder, or `runs/prod`, a link promotions re-point) is followed.
+    follow = spec.source if spec.kind == "folder" and not spec.settings else None
     app = create_app(student_model, teacher=teacher_model, store=store, validate=validate,
-                     settings=settings.model_copy(update={"model_name": student}))
+                     settings=settings.model_copy(update={"model_name": student}), follow=follow)
+    if follow is not None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: app.state.fcagent.reloader.reload_now())
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
