@@ -5,13 +5,14 @@ import json
 
 import pytest
 from langchain.agents import create_agent
+from langchain_core.messages import HumanMessage
 from test_own_agent import TOOLS, WarehouseModel, call, requests, run_all
 from typer.testing import CliRunner
 
 from fcagent import Label, TraceRecorder, TraceStore
 from fcagent.cli.app import app
-from fcagent.pipeline.agreement import StringMatch, calls_agree, load_judge, same_answer
 from fcagent.pipeline.traffic import evaluate_traffic, heldout_steps
+from fcagent.routing.agreement import StringMatch, calls_agree, load_judge, same_answer
 
 SCHEMA = [{"type": "function", "function": {"name": "book", "parameters": {"type": "object", "properties": {
     "city": {"type": "string"}, "nights": {"type": "integer"}, "price": {"type": "number"},
@@ -159,3 +160,69 @@ def test_distill_from_labelled_traffic_gates_promotes_and_trains_only_on_news(re
     assert len((tmp_path / "runs" / "prod.promotions.jsonl").read_text().splitlines()) == 1
     result = runner.invoke(app, ["distill", "--store", str(store_path), "--gate", "accuracy>=1"])
     assert result.exit_code == 2 and "accuracy is not a figure" in result.output
+
+
+class _Blocking(WarehouseModel):
+    """A student that waits for a signal before it answers (a slow one)."""
+
+    gate: object = None
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.gate.wait(30)
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def test_shadow_mode_measures_the_student_beside_the_teacher_off_the_request_path(tmp_path):
+    import threading
+
+    from fcagent import StudentMiddleware
+
+    reqs = requests()[:11] + requests()[19:24]  # stock questions and refused reservations: 16 requests
+    store = TraceStore(tmp_path / "t.db")
+    release = threading.Event()
+    scripts: dict = {}
+    for q, r, _ in requests():
+        scripts.setdefault(q, r)  # the right answers: the repeats with wrong ones come later
+    student = _Blocking(scripts=scripts, gate=release)
+    middleware = StudentMiddleware(student, store=store, mode="shadow", shadow_queue=8)
+    answers = []
+    for q, replies, _ in reqs:
+        teacher = WarehouseModel(scripts={q: replies})
+        out = create_agent(teacher, TOOLS, middleware=[middleware]).invoke({"messages": [HumanMessage(q)]})
+        answers.append(out["messages"][-1].content)
+    # every user got the teacher's answer while the student had not answered once: it is off the path
+    assert answers == [r[-1] for _, r, _ in reqs] and middleware.shadow.done == 0
+    assert middleware.shadow.dropped > 0  # a full queue drops a request: never a backlog, never a wait
+    release.set()
+    middleware.shadow.join()
+    shadowed = middleware.shadow.submitted
+    assert middleware.shadow.done == shadowed and middleware.shadow.agreed == shadowed  # this student copies
+    episodes = [t for t in store.traces() if t.episode.name == "student-shadow"]
+    assert len(episodes) == shadowed
+    assert all(len(t.completions) == 2 and t.episode.outputs["shadow"]["agrees"] for t in episodes)
+    result = CliRunner().invoke(app, ["eval", "--store", str(tmp_path / "t.db"), "--shadow", "--out",
+                                      str(tmp_path / "shadow")])
+    assert result.exit_code == 0 and f"{shadowed} shadowed requests: agreement 100.0%" in result.output
+    # shadow episodes never become training data or teacher contexts
+    assert not any(t.episode.metadata.get("fcagent_role") != "student-shadow" for t in episodes)
+
+
+def test_serve_in_shadow_mode_answers_with_the_teacher_and_records_both(tmp_path, tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from fcagent import load_chat_model
+    from fcagent.agent.testing import ScriptedChatModel
+    from fcagent.serving.app import create_app
+
+    teacher = ScriptedChatModel(model_name="big-teacher", responses=["It is 8-16."] * 3)
+    store = TraceStore(tmp_path / "t.db")
+    app = create_app(load_chat_model(str(tiny_model_dir), max_new_tokens=4), teacher=teacher, store=store, shadow=True)
+    with TestClient(app) as client:
+        reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "When open?"}]})
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "It is 8-16."
+        assert reply.json()["model"] == "big-teacher"
+    app.state.fcagent.shadow.join()
+    names = sorted(t.episode.name for t in store.traces())
+    assert names == ["fcagent-serve", "student-shadow"]
+    with pytest.raises(Exception, match="needs a teacher"):
+        create_app(load_chat_model(str(tiny_model_dir), max_new_tokens=4), shadow=True)

@@ -140,9 +140,10 @@ def replay_cmd(model: Annotated[str, typer.Option("--model", "-m", envvar="FCAGE
 
 
 @app.command("eval")
-def eval_cmd(model: Annotated[list[str], typer.Option("--model", "-m", envvar="FCAGENT_MODEL",
+def eval_cmd(model: Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="FCAGENT_MODEL",
                                                       help="NAME=SPEC or SPEC; repeat for each model. With --store, "
-                                                      "`NAME=recorded` scores the recorded replies. " + MODEL_HELP)],
+                                                      "`NAME=recorded` scores the recorded replies. " + MODEL_HELP)
+                                                      ] = None,
              task: Annotated[Optional[str], typer.Option("--task", "-t", help="A task suite to evaluate on (math, "
                                                          "logic:prontoqa, bfcl:simple_python, ...); without it, the "
                                                          "held-out traffic of --store.")] = None,
@@ -158,6 +159,9 @@ def eval_cmd(model: Annotated[list[str], typer.Option("--model", "-m", envvar="F
                                                           "or python:module:function.")] = None,
              unlabelled: Annotated[Unlabelled, typer.Option(help="With --store: episodes nobody labelled: skip them, "
                                                             "or take them as good.")] = Unlabelled.skip,
+             shadow: Annotated[bool, typer.Option("--shadow", help="With --store: report the live traffic shadowed "
+                                                  "by the student (StudentMiddleware mode='shadow', serve --shadow); "
+                                                  "no model is run.")] = False,
              out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("eval"),
              protocol: ProtocolOpt = ProtocolChoice.auto, max_agent_steps: MaxAgentStepsOpt = None,
              data_dir: DataOpt = None) -> None:
@@ -165,7 +169,17 @@ def eval_cmd(model: Annotated[list[str], typer.Option("--model", "-m", envvar="F
     (or step agreement) with CIs, McNemar tests, tokens, time."""
     from fcagent.pipeline.evaluate import evaluate, model_names
 
-    models = model_names(model)
+    if shadow:
+        from fcagent.pipeline.traffic import shadow_report
+
+        if store is None:
+            raise UserError("`--shadow` reads a store: give --store")
+        report = shadow_report(open_store(store), out_dir=out)
+        console.print(f"{report['requests']} shadowed requests: agreement {report['agreement']['rate']:.1%} "
+                      f"(95% CI {report['agreement']['ci95'][0]:.1%}–{report['agreement']['ci95'][1]:.1%}), "
+                      f"would escalate {report['escalation_rate']:.1%}; wrote {out / 'report.md'}")
+        return
+    models = model_names(model or [])
     if task is None:
         if store is None:
             raise UserError("give --task (a task suite) or --store (your agent's recorded traffic)")

@@ -35,10 +35,12 @@ class Role(StrEnum):
     STUDENT = "student"
     STUDENT_REPLAY = "student-replay"  # the student answering a teacher's context (`fcagent replay`)
     STUDENT_ESCALATED = "student-escalated"  # a StudentMiddleware step the teacher had to redo
+    STUDENT_SHADOW = "student-shadow"  # the student's reply to a request the teacher answered (shadow mode)
     EVAL = "eval"  # a model under evaluation (`fcagent eval`)
 
 
-STUDENT_ROLES: tuple[str, ...] = (Role.STUDENT.value, Role.STUDENT_REPLAY.value, Role.STUDENT_ESCALATED.value)
+STUDENT_ROLES: tuple[str, ...] = (Role.STUDENT.value, Role.STUDENT_REPLAY.value, Role.STUDENT_ESCALATED.value,
+                                   Role.STUDENT_SHADOW.value)
 
 
 def sql_list(values: tuple[str, ...]) -> str:

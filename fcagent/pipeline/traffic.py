@@ -3,7 +3,7 @@ in production.
 
 Every model call of a held-out episode (`fcagent.data.split`: requests training never saw) is a step.
 Each model gets the step's exact recorded context (its messages and the tools offered, rendered as that
-model is served) and its reply is compared with the recorded one (`fcagent.pipeline.agreement`):
+model is served) and its reply is compared with the recorded one (`fcagent.routing.agreement`):
 
 * on episodes labelled good: does it make the call the agent made (or give the same answer)? That is
   `step_agreement`, with `first_call_agreement` (each episode's first call) and `episode_agreement`
@@ -38,8 +38,8 @@ from fcagent.core.calls import calls_error
 from fcagent.core.errors import UserError
 from fcagent.core.records import to_langchain
 from fcagent.data.split import DEFAULT_TEST_FRACTION, split_of_row
-from fcagent.pipeline.agreement import Judge, StringMatch, calls_agree, load_judge
 from fcagent.pipeline.evaluate import bootstrap_ci, mcnemar_exact
+from fcagent.routing.agreement import Judge, StringMatch, calls_agree, load_judge
 from fcagent.routing.check import StudentCheck
 from fcagent.tracing.store import TraceStore
 
@@ -108,7 +108,7 @@ def _calls(message: AIMessage) -> list[dict[str, Any]]:
 
 def reply_agrees(reply: AIMessage, recorded: AIMessage, tools: list[dict[str, Any]], *, judge: Judge,
                  match: StringMatch) -> tuple[bool, str]:
-    """Whether `reply` agrees with the recorded reply (see `fcagent.pipeline.agreement`), and why not."""
+    """Whether `reply` agrees with the recorded reply (see `fcagent.routing.agreement`), and why not."""
     wanted = _calls(recorded)
     if wanted:
         if reply.invalid_tool_calls and not reply.tool_calls:
@@ -300,3 +300,43 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def shadow_report(store: TraceStore, *, out_dir: str | Path) -> dict[str, Any]:
+    """The agreement of live traffic: every request the teacher answered in shadow mode, compared with the
+    student's reply to it (`fcagent.routing.shadow`); writes `results.json` and `report.md`."""
+    from fcagent.routing.shadow import SHADOW_EPISODE
+
+    agrees, escalates, per_tool, latency = [], [], defaultdict(list), []
+    students = set()
+    for trace in store.traces(status="complete"):
+        if trace.episode.name != SHADOW_EPISODE or "shadow" not in trace.episode.outputs:
+            continue
+        comparison = trace.episode.outputs["shadow"]
+        teacher, student = trace.completions[0], trace.completions[-1]
+        students.add(student.model)
+        agrees.append(bool(comparison["agrees"]))
+        escalates.append(bool(comparison["escalates"]))
+        calls = teacher.candidates[0].message.tool_calls if teacher.candidates else []
+        per_tool[calls[0]["name"] if calls else "(answer in words)"].append(bool(comparison["agrees"]))
+        if student.latency_ms is not None:
+            latency.append(student.latency_ms)
+    if not agrees:
+        raise UserError(f"{store.path} holds no shadowed request (StudentMiddleware(mode='shadow') or "
+                        "`fcagent serve --shadow` record them)")
+    report = {"store": store.path.name, "requests": len(agrees), "students": sorted(s for s in students if s),
+              "agreement": _rate(agrees), "escalation_rate": sum(escalates) / len(escalates),
+              "per_tool": {tool: _rate(v) for tool, v in sorted(per_tool.items())},
+              "student_latency_ms_per_request": sum(latency) / max(1, len(latency))}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    lines = ["# Shadow traffic", "", f"Store `{report['store']}`: {report['requests']} requests the teacher answered, "
+             f"each also answered by the student ({', '.join(report['students'])}) off the request path.", "",
+             f"- agreement with the teacher: {_pct(report['agreement'])}",
+             f"- would have escalated: {report['escalation_rate']:.0%}",
+             f"- student latency per request: {report['student_latency_ms_per_request']:.0f} ms", "",
+             "| teacher's call | agreement |", "|---|---|",
+             *[f"| {tool} | {_pct(r)} |" for tool, r in report["per_tool"].items()], ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return report

@@ -1,20 +1,24 @@
 """`StudentMiddleware`: `create_agent`'s model calls go to the trained student first, and a step the
-student fails goes to the teacher (the escalation routine shared with `fcagent serve`)."""
+student fails goes to the teacher (the escalation routine shared with `fcagent serve`). In shadow mode
+(`mode="shadow"`) the teacher answers every call and the student is measured beside it, off the
+request path (`fcagent.routing.shadow`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import AIMessage
 
 from fcagent.agent.prompting import tool_schemas
+from fcagent.core.errors import UserError
 from fcagent.core.names import model_name
 from fcagent.core.records import StepError
 from fcagent.routing.check import StudentCheck, Validator
 from fcagent.routing.escalation import Escalations
+from fcagent.routing.shadow import Shadow
 from fcagent.tracing.middleware import replies, request_messages
 from fcagent.tracing.store import TraceStore, open_store
 
@@ -35,16 +39,27 @@ class StudentMiddleware(AgentMiddleware):
 
     Every reply is stamped with the model that produced it (`response_metadata["model_name"]`), so a
     `TraceMiddleware` in front of this one records the student's accepted replies under its name.
+
+    `mode="shadow"`: the teacher answers every call, unchanged; the student answers the same request on
+    a background queue (`shadow_queue` requests at most; a full queue drops, never waits), and both
+    replies are stored side by side with their comparison (`fcagent eval --store STORE --shadow`).
     """
 
     def __init__(self, student: Any, *, teacher: Any = None, store: str | TraceStore | None = None,
-                 validate: Validator = "grounded", require_call: bool = False):
+                 validate: Validator = "grounded", require_call: bool = False,
+                 mode: Literal["route", "shadow"] = "route", shadow_queue: int = 64):
         super().__init__()
+        if mode not in ("route", "shadow"):
+            raise UserError(f"`mode` must be 'route' (the student answers, the teacher redoes its failures) or "
+                            f"'shadow' (the teacher answers, the student is measured beside it), got {mode!r}")
         self.check = StudentCheck(validate, require_call=require_call)
         self.student = student
         self.teacher = teacher
+        self.mode = mode
         self.store = open_store(store) if store is not None else None
         self.routine = Escalations(self.check, self.store)
+        self.shadow = Shadow(student, store=self.store, check=self.check, max_queue=shadow_queue) \
+            if mode == "shadow" else None
 
     @property
     def student_calls(self) -> int:
@@ -77,7 +92,18 @@ class StudentMiddleware(AgentMiddleware):
                             student_reply=student_reply, teacher_reply=answers[-1] if answers else None, why=why,
                             student=self.student, teacher=teacher)
 
+    def _shadowed(self, request: Any, response: Any) -> Any:
+        """Shadow mode: the teacher's response goes back as it is; the student gets the request off the path."""
+        answers = replies(response)
+        model = request.model if self.teacher is None else self.teacher
+        self.shadow.submit(request_messages(request), tool_schemas(list(request.tools or [])),  # type: ignore[union-attr]
+                           answers[-1] if answers else None, model)
+        return response
+
     def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        if self.shadow is not None:
+            teacher_request = request.override(model=self.teacher) if self.teacher is not None else request
+            return self._shadowed(request, handler(teacher_request))
         student_response = handler(request.override(model=self.student))
         answers = replies(student_response)
         reply = answers[-1] if answers else None
@@ -90,6 +116,9 @@ class StudentMiddleware(AgentMiddleware):
         return teacher_response
 
     async def awrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        if self.shadow is not None:
+            teacher_request = request.override(model=self.teacher) if self.teacher is not None else request
+            return self._shadowed(request, await handler(teacher_request))
         student_response = await handler(request.override(model=self.student))
         answers = replies(student_response)
         reply = answers[-1] if answers else None

@@ -149,6 +149,7 @@ class _Server:
         # and a failed one is logged naming the episode (`writes.errors`).
         self.writes = EpisodeWrites(store, "report", None) if store is not None else None
         self.reloader: Any = None  # a StudentReloader, when the student's path may be re-pointed (a promotion)
+        self.shadow: Any = None  # a Shadow: the teacher answers, the student is measured beside it
 
     def run_header(self) -> dict[str, str]:
         """`x-fcagent-run`: the run folder the serving student was loaded from, where it follows one."""
@@ -234,11 +235,16 @@ class _Server:
         options = self.options(req)
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         started_at, started = time.time(), time.perf_counter()
-        replies = self._student_replies(student, messages, tools, stop, options, callbacks, cancel)
-        answered_by, latency = student, time.perf_counter() - started
-        why = self.routine.judge(messages, replies[0] if replies else None, tools or [],
-                                 require_call=True if req.requires_call() else None)
         escalated = None
+        if self.shadow is not None:  # the teacher answers; the student is measured beside it, off this path
+            reply = _bound(self.teacher, tools, options).invoke(messages, stop=stop)  # type: ignore[arg-type]
+            replies, answered_by, why, latency = [reply], self.teacher, None, time.perf_counter() - started
+            self.shadow.submit(messages, tools or [], reply, self.teacher)
+        else:
+            replies = self._student_replies(student, messages, tools, stop, options, callbacks, cancel)
+            answered_by, latency = student, time.perf_counter() - started
+            why = self.routine.judge(messages, replies[0] if replies else None, tools or [],
+                                     require_call=True if req.requires_call() else None)
         if why is not None and self.teacher is not None and not cancel.is_set():
             started = time.perf_counter()
             reply = _bound(self.teacher, tools, options).invoke(messages)
@@ -248,11 +254,11 @@ class _Server:
             replies, answered_by, escalated = [reply], self.teacher, why
         usage = [r.usage_metadata or {} for r in replies]  # the prompt once, every reply's tokens
         answer = _Answer(messages=replies, escalated=escalated,
-                         model=_model_id(answered_by) if escalated is not None else self.settings.model_name,
+                         model=self.settings.model_name if answered_by is student else _model_id(answered_by),
                          prompt_tokens=usage[0].get("input_tokens", 0) if usage else 0,
                          completion_tokens=sum(u.get("output_tokens", 0) for u in usage))
         if self.writes is not None:
-            role = {} if escalated is not None else {keys.ROLE: keys.Role.STUDENT.value}
+            role = {keys.ROLE: keys.Role.STUDENT.value} if answered_by is student else {}
             call = CallBuffer(id=str(uuid.uuid4()), messages=messages, tools=tools or [], model=answer.model, order=0,
                               params=options, metadata={keys.PROTOCOL: "native"},
                               generations=[ChatGeneration(message=r) for r in replies],
@@ -267,10 +273,11 @@ class _Server:
 
 def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, store: str | TraceStore | None = None,
                validate: Validator = "grounded", settings: ServeSettings | None = None,
-               follow: str | None = None) -> Any:
+               follow: str | None = None, shadow: bool = False) -> Any:
     """The FastAPI app (see the module docs); `serve()` runs it with uvicorn. `follow`: the path the student
     was loaded from (a run folder, or a link a promotion re-points): the server swaps in the student it
-    leads to when that changes (`fcagent.serving.reload`)."""
+    leads to when that changes (`fcagent.serving.reload`). `shadow`: the teacher answers every request and
+    the student answers it too, off the request path, both stored side by side (`fcagent.routing.shadow`)."""
     settings = settings or ServeSettings()
     server = _Server(student, teacher, open_store(store) if store is not None else None, StudentCheck(validate),
                      settings)
@@ -278,6 +285,12 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
         from fcagent.serving.reload import StudentReloader
 
         server.reloader = StudentReloader(server, follow)
+    if shadow:
+        if teacher is None:
+            raise UserError("shadow mode needs a teacher to answer (`--teacher SPEC`): the student is only measured")
+        from fcagent.routing.shadow import Shadow
+
+        server.shadow = Shadow(student, store=server.store, check=server.check)
     app = FastAPI(title="fcagent serve", docs_url=None, redoc_url=None)
     app.state.fcagent = server
 
@@ -476,7 +489,8 @@ async def _stream(server: _Server, req: ChatRequest, episode_id: str, response_i
 
 
 def serve(student: str, *, host: str = "127.0.0.1", port: int = 8000, teacher: str | None = None,
-          store: str | None = None, validate: Validator = "grounded", settings: ServeSettings | None = None) -> None:
+          store: str | None = None, validate: Validator = "grounded", settings: ServeSettings | None = None,
+          shadow: bool = False) -> None:
     """Load the models and run the server until interrupted (the CLI's `fcagent serve`)."""
     import uvicorn
 
@@ -492,7 +506,7 @@ def serve(student: str, *, host: str = "127.0.0.1", port: int = 8000, teacher: s
     # A student loaded from a path (a run folder, or `runs/prod`, a link promotions re-point) is followed.
     follow = spec.source if spec.kind == "folder" and not spec.settings else None
     app = create_app(student_model, teacher=teacher_model, store=store, validate=validate,
-                     settings=settings.model_copy(update={"model_name": student}), follow=follow)
+                     settings=settings.model_copy(update={"model_name": student}), follow=follow, shadow=shadow)
     if follow is not None and hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: app.state.fcagent.reloader.reload_now())
     uvicorn.run(app, host=host, port=port, log_level="info")
