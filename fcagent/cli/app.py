@@ -127,7 +127,8 @@ def check_output_file(out: Path, *, force: bool, inputs: tuple[Path, ...]) -> No
 
 
 def progress() -> Any:
-    """A progress display for long stages (shown on a terminal, or with FCAGENT_PROGRESS=1)."""
+    """A progress display for long stages: a live bar on a terminal; elsewhere (a log file, CI) one plain
+    line per stage every 30 s and at its end, so a run left in the background still says where it is."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -136,9 +137,52 @@ def progress() -> Any:
         TimeElapsedColumn,
     )
 
+    if not console.is_terminal and os.environ.get("FCAGENT_PROGRESS") != "1":
+        return LineProgress()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
-                    disable=not console.is_terminal and os.environ.get("FCAGENT_PROGRESS") != "1")
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
+
+
+class LineProgress:
+    """The part of `rich.progress.Progress` the stages use, written as plain lines to stderr."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def start(self) -> None:
+        pass
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        import time
+
+        task_id = len(self.tasks)
+        self.tasks[task_id] = {"description": description, "total": total, "completed": 0, "fields": fields,
+                               "started": time.monotonic(), "shown": time.monotonic()}
+        return task_id
+
+    def update(self, task_id: int, *, advance: float = 0, completed: float | None = None, **fields: Any) -> None:
+        import time
+
+        task = self.tasks[task_id]
+        task["completed"] = completed if completed is not None else task["completed"] + advance
+        task["fields"].update(fields)
+        now = time.monotonic()
+        if now - task["shown"] >= self.every_s or (task["total"] and task["completed"] >= task["total"]):
+            task["shown"] = now
+            self._show(task, now)
+
+    def stop(self) -> None:
+        pass
+
+    @staticmethod
+    def _show(task: dict[str, Any], now: float) -> None:
+        import sys
+
+        total = f"/{task['total']:g}" if task["total"] else ""
+        status = task["fields"].get("status") or ""
+        print(f"{task['description']}: {task['completed']:g}{total} {status} ({now - task['started']:.0f} s)".rstrip(),
+              file=sys.stderr, flush=True)
 
 
 def print_report(report: dict) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from fcagent.cli.app import check_output_file, console, escape, open_store, traces_app
-from fcagent.cli.options import DEFAULT_STORE, StoreOpt
+from fcagent.cli.options import DEFAULT_STORE, DataOpt, StoreOpt
 from fcagent.core.errors import UserError
 
 _RAW_HELP = "Print secrets and personal data as stored (redacted by default)."
@@ -157,3 +157,24 @@ def traces_label(target_ids: Annotated[Optional[list[str]], typer.Argument(help=
     written = s.label_many(labels)
     good = sum(lb.success for lb in written)
     console.print(f"labelled {len(written)} ({good} good, {len(written) - good} bad)")
+
+
+@traces_app.command("demo")
+def traces_demo(store: Annotated[Path, typer.Option("--store", envvar="FCAGENT_STORE",
+                                                    help="The store to record into (created if missing).")],
+                limit: Annotated[Optional[int], typer.Option(min=1, max=10_000, help="Requests to run (all 290 "
+                                                             "by default).")] = None,
+                mistake_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of runs in which the "
+                                                            "scripted large model goes wrong.")] = 0.2,
+                seed: Annotated[int, typer.Option(help="Which runs go wrong, and the order.")] = 0,
+                data_dir: DataOpt = None) -> None:
+    """Record demo traffic of an agent fcagent did not write: a `create_agent` agent over NESTFUL's APIs,
+    answered by a scripted large model, labelled by its users' feedback (see fcagent.pipeline.demo_traffic)."""
+    from fcagent.cli.app import data_dir as checked_data_dir
+    from fcagent.cli.app import progress
+    from fcagent.pipeline.demo_traffic import record_demo_traffic
+
+    counts = record_demo_traffic(open_store(store, create=True), data_dir=checked_data_dir(data_dir), limit=limit,
+                                 mistake_rate=mistake_rate, seed=seed, progress=progress())
+    console.print(f"recorded {counts['episodes']} episodes into {store}: {counts['labelled_good']} labelled good, "
+                  f"{counts['labelled_bad']} bad by the users' feedback")
