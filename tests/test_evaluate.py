@@ -143,8 +143,8 @@ def test_distill_with_only_sft_skips_the_replay_and_the_pair_export(tmp_path, ti
     assert [line.split("]")[0][1:] for line in logs] == ["harvest", "export-sft", "train-sft", "eval"]
     assert not (tmp_path / "replay.done.json").exists() and not (tmp_path / "data" / "pairs.jsonl").exists()
     text = (tmp_path / "report.md").read_text()
-    assert "No preference method: no replay." in text and "SFT rows, 0 preference pairs" in text
-    assert "Data: 0 SFT rows" not in text
+    assert "no preference method: no replay" in text and "SFT rows, 0 preference pairs" in text
+    assert "| data | 0 SFT rows" not in text and "| setting | value |" in text
     # `fcagent eval` on the run folder decodes it as distill did (ModelSpec: the task's decoding defaults,
     # the run's prompt style): the same reply, tokens, steps and verdict on every problem
     from typer.testing import CliRunner

@@ -80,7 +80,7 @@ class DistillPreset(BaseModel):
 PRESETS: dict[str, DistillPreset] = {
     # A small slice of everything, for a first run (its time: benchmarks/stages.py, docs/performance.md).
     "quick": DistillPreset(name="quick", train_problems=32, test_problems=15, samples=2, replay_contexts=16,
-                           methods=["sft", "dpo"],
+                           methods=["sft", "sft-dpo"],  # preference from the SFT student, as "full"
                            sft=TrainSettings(method="sft", max_steps=16, per_device_train_batch_size=2),
                            preference=TrainSettings(method="dpo", max_steps=8, per_device_train_batch_size=2)),
     # What produces docs/results' tables: SFT for 3 epochs, the preference methods one epoch over all
@@ -277,20 +277,29 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
     # folder); evaluate() reuses every model's cached results, so only the new ones run.
     timed("eval", eval_stage, redo_if=lambda info: set(info.get("models", {})) != set(models))
     report = json.loads((out / "eval" / "results.json").read_text())
-    notes = [f"Teacher: `{teacher}`" + (" — the task's gold chains replayed (it reads the gold answer, so it "
-                                        "is the upper bound, 100% by construction, and is not evaluated)."
-                                        if teacher_is_reference else "."),
-             f"Student: `{student}`. Preset: `{settings.name}` ({settings.model_dump_json(exclude={'name'})}). "
-             + (f"Negatives sampled by: `{replayer_name}`. " if needs_pairs else "No preference method: no replay. ")
-             + f"Data: {exported.get('sft_rows', 0)} SFT rows, {exported.get('pairs', 0)} preference pairs "
-             f"{json.dumps(exported.get('pairs_by_source', {}))}.",
-             "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())]
+    teacher_note = (" (the task's gold chains replayed: it reads the gold answer, so it is the upper bound, 100% by "
+                    "construction, and is not evaluated)" if teacher_is_reference else "")
+    rows = [("task", f"`{t.spec}`"), ("teacher", f"`{teacher}`{teacher_note}"), ("student", f"`{student}`"),
+            ("preset", f"`{settings.name}`"), ("methods", ", ".join(settings.methods)),
+            ("problems", f"{settings.train_problems} teacher (train split), {settings.test_problems} held out"),
+            ("SFT training", _training_cell(settings.sft)), ("preference training", _training_cell(settings.preference)),
+            ("negatives sampled by", f"`{replayer_name}`" if needs_pairs else "no preference method: no replay"),
+            ("data", f"{exported.get('sft_rows', 0)} SFT rows, {exported.get('pairs', 0)} preference pairs"
+                     + "".join(f"; {n} {k}" for k, n in exported.get("pairs_by_source", {}).items())),
+            ("stage times", ", ".join(f"{k} {v} s" for k, v in timings.items()))]
+    notes = ["| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)]
     curve = _learning_curve(report, [int(p.name) for p in epochs], out / "learning_curve.png")
     if curve:
         notes.append("SFT learning curve (held-out accuracy after each epoch; epoch 0 is the untrained student): "
                      + ", ".join(f"{k}: {v:.0%}" for k, v in curve) + ". ![learning curve](learning_curve.png)")
     write_report(report, out, title=f"fcagent distill: {t.spec}", notes="\n\n".join(notes))
     return report
+
+
+def _training_cell(ts: TrainSettings) -> str:
+    length = f"{ts.max_steps} steps" if ts.max_steps > 0 else f"{ts.num_train_epochs:g} epochs"
+    rate = f"lr {ts.learning_rate:g}" if ts.learning_rate else "the method's default lr"
+    return f"{length}, batch {ts.per_device_train_batch_size}×{ts.gradient_accumulation_steps}, {rate}, seed {ts.seed}"
 
 
 def _learning_curve(report: dict[str, Any], epochs: list[int], path: Path) -> list[tuple[int, float]]:
