@@ -30,6 +30,7 @@ def main() -> None:
         export_scale,
         generation,
         redaction,
+        shadow,
         stages,
         store_writers,
         student_cost,
@@ -49,6 +50,7 @@ def main() -> None:
         "dpo_throughput": lambda: dpo_throughput.run(None, steps=2 if args.quick else 6),
         "constrained": lambda: constrained.run(problems=5 if args.quick else 20),
         "redaction": lambda: redaction.run(mb=0.25 if args.quick else 1.0),
+        "shadow": lambda: shadow.run(rounds=1 if args.quick else 3, requests=6 if args.quick else 12),
     }
     if args.stages:
         plan["stages"] = stages.run
@@ -126,6 +128,12 @@ def main() -> None:
                      f"{max(r['fcagent_growth_when_doubled'].values()):.1f} when the size doubles) | previous rules: "
                      f"~{r['previous_worst']['extrapolated_seconds_per_mb']} s per MB ({r['previous_worst']['input']}, "
                      f"time x{max(r['previous_growth_when_doubled'].values()):.1f} when doubled) | – |")
+    if "shadow" in results:
+        sh = results["shadow"]
+        lines.append(f"| user latency p50 with a shadowing student (teacher {sh['setup']['teacher_latency_s']} s per call; "
+                     f"{sh['shadow']['submitted']} calls shadowed, {sh['shadow']['dropped']} dropped) | "
+                     f"{sh['teacher_with_shadow']['p50_ms']} ms | without {sh['teacher_only']['p50_ms']} ms | "
+                     f"{sh['p50_ratio_with_over_without']:.3f}x |")
     if "stages" in results:
         st = results["stages"]
         lines.append(f"| `distill --preset quick` end to end | {st['total_seconds'] / 60:.1f} min "

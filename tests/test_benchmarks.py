@@ -35,3 +35,12 @@ def test_tracing_benchmark_records_every_episode_in_both_write_modes():
     assert result["episodes_recorded"] == {"fcagent": 8, "fcagent-in-run": 8, "fcagent-callbacks-only": 0}
     assert {"fcagent", "fcagent-in-run", "fcagent_writes_waited"} <= set(result["overhead_ms_per_event"])
     assert set(result["fcagent_parts_ms_per_event"]) == {"langchain_dispatch (noop)", "recorder_callbacks", "writer_thread"}
+
+
+def test_shadow_benchmark_times_both_paths_and_the_student_answers_every_call(smol_dir, data_dir):
+    from benchmarks import shadow
+
+    result = shadow.run(rounds=1, requests=2, teacher_latency_s=0.01, max_new_tokens=4, data_dir=str(data_dir))
+    assert result["teacher_only"]["requests"] == result["teacher_with_shadow"]["requests"] == 2
+    assert result["shadow"]["submitted"] > 0 and result["shadow"]["failed"] == 0
+    assert result["shadow"]["answered_in_the_end"] == result["shadow"]["submitted"]

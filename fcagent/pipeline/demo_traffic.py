@@ -34,7 +34,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 from fcagent.core.errors import UserError
 
-__all__ = ["NestfulRequest", "nestful_requests", "NestfulTeacher", "record_demo_traffic", "MISTAKES"]
+__all__ = ["MISTAKES", "NestfulRequest", "NestfulTeacher", "nestful_requests", "record_demo_traffic", "request_tools"]
 
 _SETS = [("glaive", "non-executable/non-executable-glaive-data.json", "non-executable/non-executable-glaive-spec.json"),
          ("sgd", "non-executable/non-executable-sgd-data.json", "non-executable/non-executable-sgd-spec.json"),
@@ -217,7 +217,7 @@ class NestfulTeacher(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
-def _tools(request: NestfulRequest) -> list[Any]:
+def request_tools(request: NestfulRequest) -> list[Any]:
     from langchain_core.tools import StructuredTool
 
     out = []
@@ -250,7 +250,7 @@ def record_demo_traffic(store: Any, *, data_dir: str | Path | None = None, limit
     try:
         for req in requests:
             run_id = uuid.uuid4()
-            agent = create_agent(NestfulTeacher(request=req), _tools(req),
+            agent = create_agent(NestfulTeacher(request=req), request_tools(req),
                                  system_prompt="You are an assistant that completes requests with the APIs given.")
             agent.invoke({"messages": [HumanMessage(req.question)]},
                          {"run_id": run_id, "callbacks": [recorder], "recursion_limit": 50})
