@@ -147,8 +147,8 @@ def eval_cmd(model: Annotated[Optional[list[str]], typer.Option("--model", "-m",
              task: Annotated[Optional[str], typer.Option("--task", "-t", help="A task suite to evaluate on (math, "
                                                          "logic:prontoqa, bfcl:simple_python, ...); without it, the "
                                                          "held-out traffic of --store.")] = None,
-             store: Annotated[Optional[Path], typer.Option("--store", envvar="FCAGENT_STORE",
-                                                           help="Without --task: the trace store whose held-out "
+             store: Annotated[Optional[str], typer.Option("--store", envvar="FCAGENT_STORE",
+                                                          help="Without --task: the trace store whose held-out "
                                                            "traffic the models answer.")] = None,
              split: Annotated[Split, typer.Option(help="With --task: which split's problems.")] = Split.test,
              limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="With --task: number of problems.")] = 100,
@@ -209,8 +209,8 @@ def distill(task: Annotated[Optional[str], typer.Option("--task", "-t", help="A 
                                                  "or provider:model.")] = "reference",
             student: Annotated[str, typer.Option(help="The student to train: " + MODEL_HELP)] = DEFAULT_MODEL,
             out: Annotated[Path, typer.Option("--out", help="Run folder (every stage resumes from it).")] = Path("runs/distill"),
-            store: Annotated[Optional[Path], typer.Option("--store", envvar="FCAGENT_STORE",
-                                                          help="With --task: where the run records (default: "
+            store: Annotated[Optional[str], typer.Option("--store", envvar="FCAGENT_STORE",
+                                                         help="With --task: where the run records (default: "
                                                           "OUT/traces.db). Without: your agent's recorded, labelled "
                                                           "traffic, which the student learns from.")] = None,
             gate: Annotated[Optional[list[str]], typer.Option("--gate", help="Without --task: what the new student "
@@ -225,7 +225,7 @@ def distill(task: Annotated[Optional[str], typer.Option("--task", "-t", help="A 
                                                          "requests held out for the evaluation.")] = 0.2,
             unlabelled: Annotated[Unlabelled, typer.Option(help="Without --task: episodes nobody labelled: skip, or "
                                                            "take them as good.")] = Unlabelled.skip,
-            preset: Annotated[PresetChoice, typer.Option(help="quick (a small slice of everything) or full.")] = PresetChoice.quick,
+            preset: Annotated[PresetChoice, typer.Option(help="quick (a small slice of everything; with --store, 40 training steps) or full (with --store, 3 epochs).")] = PresetChoice.quick,
             method: Annotated[Optional[list[MethodChoice]], typer.Option("--method", help="Methods to train (default: the preset's).")] = None,
             baseline: Annotated[MethodChoice, typer.Option(help="The baseline method; `sft` trains SFT on the same chosen completions.")] = MethodChoice.sft,
             rounds: Annotated[int, typer.Option(min=1, max=10, help="Rounds: the trained student replays the teacher's contexts for the next round's pairs.")] = 1,
@@ -248,17 +248,17 @@ def distill(task: Annotated[Optional[str], typer.Option("--task", "-t", help="A 
         if store is None:
             raise UserError("give --task (a task suite) or --store (your agent's labelled traffic)")
         from fcagent.pipeline.distill_traffic import check_traffic_options, distill_traffic
-        from fcagent.training.settings import TrainSettings
-
         trace_store = open_store(store)
         chosen_gate = check_traffic_options(trace_store, gate)
         methods_asked = [m.value for m in method] if method else ["sft"]
         if len(methods_asked) != 1:
             raise UserError("with --store, give one --method (the student to gate and promote)")
-        epochs = {"num_train_epochs": sft_epochs} if sft_epochs else {}
+        from fcagent.pipeline.distill_traffic import TRAFFIC_PRESETS
+
+        settings = TRAFFIC_PRESETS[preset.value].model_copy(
+            update={"seed": seed or 0, **({"num_train_epochs": sft_epochs, "max_steps": -1} if sft_epochs else {})})
         result = distill_traffic(store=trace_store, out=out, student=student, method=methods_asked[0],
-                                 settings=TrainSettings(method="sft", per_device_train_batch_size=4,
-                                                        seed=seed or 0, **epochs),
+                                 settings=settings,
                                  baseline=str(baseline_model) if baseline_model else None, gate=chosen_gate,
                                  promote_to=promote, test_fraction=test_fraction, unlabelled=unlabelled.value,
                                  log=console.print, progress_factory=progress)

@@ -31,7 +31,14 @@ from fcagent.data.split import DEFAULT_TEST_FRACTION
 from fcagent.pipeline.promotion import GATE_EXIT_CODE, Gate, Watermark, not_worse, promote
 from fcagent.training.settings import TrainSettings
 
-__all__ = ["TrafficDistillResult", "distill_traffic"]
+__all__ = ["TRAFFIC_PRESETS", "TrafficDistillResult", "distill_traffic"]
+
+# `--preset` for your own traffic: `quick` is a first look (a few minutes of training on this 2-core CPU,
+# the bundled demo's first run), `full` three passes over the data, what a promotion should rest on.
+TRAFFIC_PRESETS: dict[str, TrainSettings] = {
+    "quick": TrainSettings(method="sft", max_steps=40, per_device_train_batch_size=4),
+    "full": TrainSettings(method="sft", num_train_epochs=3, per_device_train_batch_size=4),
+}
 
 
 class TrafficDistillResult(BaseModel):
@@ -106,7 +113,7 @@ def distill_traffic(*, store: Any, out: str | Path, student: str = "bundled:smol
     head = "**Verdict: promoted.**" if passed and promote_to else "**Verdict: the gate holds.**" if passed else \
         "**Verdict: not promoted — the gate does not hold.**"
     settings_table = "\n".join(["| setting | value |", "|---|---|",
-                                f"| store | `{Path(store.path).name}` |", f"| base student | `{student}` |",
+                                f"| store | `{store.name}` |", f"| base student | `{student}` |",
                                 f"| trained from | `{start_from}` |", f"| method | {method} |",
                                 f"| rows | {rows.rows} SFT rows |", f"| test fraction | {test_fraction:g} |",
                                 f"| gate | {', '.join(str(c) for c in gate.conditions) or 'none'} |",
@@ -127,5 +134,5 @@ def check_traffic_options(store: Any, gate: list[str] | None) -> Gate:
     """A gate that parses and a store that has labels: refused before any work."""
     parsed = Gate.parse(gate)
     if store.label_watermark()[0] == 0:
-        raise UserError(f"{store.path} has no labels: label episodes (`fcagent traces label`, feedback) first")
+        raise UserError(f"{store.location} has no labels: label episodes (`fcagent traces label`, feedback) first")
     return parsed
