@@ -160,7 +160,7 @@ def traces_label(target_ids: Annotated[Optional[list[str]], typer.Argument(help=
 
 
 @traces_app.command("demo")
-def traces_demo(store: Annotated[Path, typer.Option("--store", envvar="FCAGENT_STORE",
+def traces_demo(store: Annotated[str, typer.Option("--store", envvar="FCAGENT_STORE",
                                                     help="The store to record into (created if missing).")],
                 limit: Annotated[Optional[int], typer.Option(min=1, max=10_000, help="Requests to run (all 290 "
                                                              "by default).")] = None,
@@ -178,3 +178,33 @@ def traces_demo(store: Annotated[Path, typer.Option("--store", envvar="FCAGENT_S
                                  mistake_rate=mistake_rate, seed=seed, progress=progress())
     console.print(f"recorded {counts['episodes']} episodes into {store}: {counts['labelled_good']} labelled good, "
                   f"{counts['labelled_bad']} bad by the users' feedback")
+
+@traces_app.command("migrate")
+def traces_migrate(source: Annotated[str, typer.Option("--from", help="The store to copy from: an SQLite file or a "
+                                                       "postgresql:// URL (read only).")],
+                   target: Annotated[str, typer.Option("--to", help="The store to copy into (created if missing): "
+                                                       "an SQLite file or a postgresql:// URL.")],
+                   batch: Annotated[int, typer.Option(min=1, max=100_000, help="Episodes per transaction.")] = 200
+                   ) -> None:
+    """Copy every episode, call, tool run and label of one store into another, SQLite ⇄ PostgreSQL.
+    Idempotent: what the target has is kept (labels merged), so a re-run adds nothing and finishes a
+    stopped copy. Every batch is checked in the target and the counts compared at the end."""
+    from fcagent.tracing.store.transfer import TABLES, copy_store
+
+    from fcagent.tracing.store import is_postgres_url
+
+    if not is_postgres_url(source) and not Path(source).exists():
+        raise UserError(f"`--from` {source} does not exist")
+    src = open_store(source)
+    if src.location == str(target) or (src.path is not None and Path(target).resolve() == src.path.resolve()):
+        raise UserError(f"`--from` and `--to` are the same store ({src.location})")
+    report = copy_store(src, open_store(target, create=True), batch=batch)
+    console.print(f"copied {report.copied['episodes']} episodes from {report.source} to {report.target}: "
+                  f"{report.added} new, {report.present} already there"
+                  + (f", {len(report.deduplicated)} held there under another id (the same problem)"
+                     if report.deduplicated else ""), markup=False)
+    console.print("counts (source → target): " + ", ".join(
+        f"{t} {report.source_counts[t]} → {report.target_counts[t]}" for t in TABLES), markup=False)
+    if report.unattached_labels:
+        console.print(f"{report.unattached_labels} labels of the source are on no episode or call there "
+                      "and were not copied", markup=False)

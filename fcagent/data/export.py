@@ -286,7 +286,7 @@ _LABEL_HOWTO = ("label episodes with `fcagent traces label ID --good/--bad` (an 
 
 def _unlabelled_message(store: TraceStore) -> str:
     stats = store.stats()
-    return (f"{store.path} has {stats['episodes']} episodes and {stats['unlabelled_episodes']} of them have no "
+    return (f"{store.location} has {stats['episodes']} episodes and {stats['unlabelled_episodes']} of them have no "
             f"label, so no reply can be judged good or bad. For your own agent: {_LABEL_HOWTO}; or export with "
             "`--unlabelled good` to take unflagged episodes as good. fcagent's task suites label their own "
             "episodes (`fcagent harvest`).")
@@ -295,9 +295,9 @@ def _unlabelled_message(store: TraceStore) -> str:
 def _no_rows_message(store: TraceStore, kind: str, dropped: Counter) -> str:
     why = ", ".join(f"{k}: {v}" for k, v in dropped.most_common()) or "no labelled replies"
     if kind == "sft":
-        return (f"no SFT rows from {store.path} ({why}): SFT rows are the replies of episodes labelled good; "
+        return (f"no SFT rows from {store.location} ({why}): SFT rows are the replies of episodes labelled good; "
                 f"{_LABEL_HOWTO}.")
-    return (f"no DPO pairs from {store.path} ({why}). A pair needs a good and a bad reply to the same context: "
+    return (f"no DPO pairs from {store.location} ({why}). A pair needs a good and a bad reply to the same context: "
             "for your own agent, the same request answered in an episode labelled good and in one labelled bad "
             "(repeated requests, retries, A/B runs), or a `StudentMiddleware` escalation (the student's failed "
             "reply vs the teacher's); for fcagent's task suites, `fcagent harvest --samples 4` or "
@@ -308,7 +308,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: ExportKind, se
             tokenizer: Any = None) -> ExportResult:
     trace_store = open_store(store)
     if trace_store.count() == 0:
-        raise ExportError(f"{trace_store.path} has no episodes: run `fcagent harvest` first")
+        raise ExportError(f"{trace_store.location} has no episodes: run `fcagent harvest` first")
     redactor = Redactor() if settings.redact else None
     reasons: Counter = Counter()
     dropped: Counter = Counter()
@@ -399,7 +399,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: ExportKind, se
              "episodes": trace_store.verdict_counts(unlabelled=settings.unlabelled),
              "length_unit": "tokens" if tokenizer is not None else "characters",
              "prompt_length": summary(lengths["prompt"]), "completion_length": summary(lengths["completion"]),
-             "settings": settings.model_dump(mode="json"), "store": str(trace_store.path)}
+             "settings": settings.model_dump(mode="json"), "store": trace_store.location}
     if redactor is not None:
         stats = redactor.redact_value(stats)  # rejected reasons quote tool errors, which may quote secrets
         stats["redacted"] = dict(redactor.counts)

@@ -15,6 +15,8 @@ names any. A chat model can judge instead (`ModelJudge`, a YES/NO rubric), or an
 
 from __future__ import annotations
 
+import json
+
 import re
 import unicodedata
 from collections.abc import Callable
@@ -94,7 +96,7 @@ def _call_agrees(reply: dict[str, Any], recorded: dict[str, Any], schema: dict[s
     props: dict[str, Any] = params.get("properties") or {}
     required = set(params.get("required") or [])
     mine, theirs = reply.get("args") or {}, recorded.get("args") or {}
-    if mine == theirs:
+    if json.dumps(mine, sort_keys=True) == json.dumps(theirs, sort_keys=True):  # not ==: 2.0 == 2 in Python
         return None  # the very call recorded agrees, even where it breaks its own schema (the recorded model's
         # calls need not be valid; `-m NAME=recorded` must score 1.0)
     if props:
