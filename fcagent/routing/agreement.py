@@ -16,7 +16,6 @@ names any. A chat model can judge instead (`ModelJudge`, a YES/NO rubric), or an
 from __future__ import annotations
 
 import json
-
 import re
 import unicodedata
 from collections.abc import Callable
