@@ -50,3 +50,7 @@ def _run_in_a_temporary_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FCAGENT_STORE", raising=False)
     monkeypatch.delenv("FCAGENT_MODEL", raising=False)
+
+
+# The PostgreSQL server, per-test schemas and `store_url` (SQLite, then PostgreSQL) for the store tests.
+from postgres_fixtures import postgres_server, postgres_url, pytest_terminal_summary, store_url  # noqa: E402, F401

@@ -65,8 +65,8 @@ def test_a_full_disk_during_harvest_is_reported_naming_the_episodes(tmp_path):
     db = tmp_path / "t.db"
     store = TraceStore(db)
     harvest(task="math", limit=2, store=store)
-    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-    store._conn.execute(f"PRAGMA max_page_count={pages + 2}")  # SQLite's "database or disk is full"
+    pages = store._db.conn.execute("PRAGMA page_count").fetchone()[0]
+    store._db.conn.execute(f"PRAGMA max_page_count={pages + 2}")  # SQLite's "database or disk is full"
     with pytest.raises(RunFailure, match=r"of 30 episodes were NOT stored .*episode [0-9a-f-]{36} was not stored: .*full") as info:
         harvest(task="math", limit=32, store=store, resume=True)
     summary = info.value.evidence
@@ -231,7 +231,7 @@ def test_each_message_is_stored_once(tmp_path):
     store = TraceStore(db)
     trace = next(store.traces())
     assert len(trace.completions) == 5 and trace.completions[-1].messages[-1].content == big
-    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store._db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = sum(p.stat().st_size for p in tmp_path.glob("t.db*"))
     assert size < 45_000_000  # 4 observations of 10 MB once each (was 101 MB: every call repeated them)
 
@@ -343,7 +343,7 @@ def test_readers_open_the_store_read_only_and_refuse_what_is_not_a_store(tmp_pat
     assert reader.count() == 2 and len(list(reader.traces())) == 2
     with pytest.raises(StoreError, match="read-only"):
         reader.label(reader.latest_episode_id(), False, "no")
-    assert sorted(p.name for p in folder.iterdir()) == before or reader._read_uri.endswith("mode=ro")
+    assert sorted(p.name for p in folder.iterdir()) == before or reader._db._read_uri.endswith("mode=ro")
     result = runner.invoke(app, ["traces", "stats", "--store", str(db)])
     assert result.exit_code == 0 and '"episodes": 2' in result.output
     empty = tmp_path / "empty.jsonl"

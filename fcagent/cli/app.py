@@ -96,12 +96,14 @@ def data_dir(path: Path | None) -> Path | None:
     return path
 
 
-def open_store(path: Path, *, create: bool = False, write: bool = False) -> Any:
-    """The trace store at `path`. A command that only reads it opens it read-only (nothing is created or
-    migrated: a missing, empty or foreign file is an error, and a store on a read-only file system reads);
-    `write`: an existing store it writes to; `create`: one it may make."""
-    from fcagent.tracing.store import TraceStore
+def open_store(path: str | Path, *, create: bool = False, write: bool = False) -> Any:
+    """The trace store at `path` (a file, or a PostgreSQL URL). A command that only reads it opens it
+    read-only (nothing is created or migrated: a missing, empty or foreign file is an error, and a store on
+    a read-only file system reads); `write`: an existing store it writes to; `create`: one it may make."""
+    from fcagent.tracing.store import TraceStore, is_postgres_url
 
+    if is_postgres_url(str(path)):  # the database exists on the server; its tables are made when written
+        return TraceStore(str(path), read_only=not (create or write))
     if create or write:
         if not create and not Path(path).exists():
             raise UserError(f"`--store` {path} does not exist; record or harvest into it first")
@@ -109,11 +111,15 @@ def open_store(path: Path, *, create: bool = False, write: bool = False) -> Any:
     return TraceStore(path, read_only=True)
 
 
-def check_output_file(out: Path, *, force: bool, inputs: tuple[Path, ...]) -> None:
+def check_output_file(out: Path, *, force: bool, inputs: tuple[str | Path, ...]) -> None:
     """No command writes over its input or a database, nor over any existing file without `--force`."""
+    from fcagent.tracing.store import is_postgres_url
+
     target = out.resolve()
     for source in inputs:
-        src = source.resolve()
+        if is_postgres_url(str(source)):  # a server's database is no file to write over
+            continue
+        src = Path(source).resolve()
         if target in (src, Path(f"{src}-wal"), Path(f"{src}-shm"), Path(f"{src}-writer.lock")):
             raise UserError(f"`{out}` is the input store; choose another output file")
     if out.is_dir():

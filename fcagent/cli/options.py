@@ -48,10 +48,12 @@ class MethodChoice(str, Enum):
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Task spec: math, math:gsm8k, logic:prontoqa, "
                                       "bfcl:simple_python, bfcl:simple_python+multiple, ...")]
-StoreOpt = Annotated[Path, typer.Option("--store", envvar="FCAGENT_STORE",
-                                        help="The trace store (an SQLite file).")]
+# A string, not a Path: Path() would merge a URL's `//`.
+StoreOpt = Annotated[str, typer.Option("--store", envvar="FCAGENT_STORE",
+                                       help="The trace store: an SQLite file, or a PostgreSQL database's URL "
+                                       "(postgresql://user@host:5432/dbname).")]
 # `run` and `serve` record only into a store that is named (here or in $FCAGENT_STORE).
-RecordStoreOpt = Annotated[Optional[Path], typer.Option(
+RecordStoreOpt = Annotated[Optional[str], typer.Option(
     "--store", envvar="FCAGENT_STORE", help="Record every episode into this trace store (default: $FCAGENT_STORE; "
     "neither set: nothing is recorded).")]
 DataOpt = Annotated[Optional[Path], typer.Option(

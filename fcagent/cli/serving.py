@@ -24,7 +24,7 @@ def serve_cmd(student: Annotated[str, typer.Option(envvar="FCAGENT_MODEL", help=
                                                              "(any model spec, provider:model).")] = None,
               host: Annotated[str, typer.Option(help="Interface to listen on; anything but loopback needs an API key.")] = "127.0.0.1",
               port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
-              store: Annotated[Optional[Path], typer.Option(
+              store: Annotated[Optional[str], typer.Option(
                   "--store", envvar="FCAGENT_STORE", help="Record every request as an episode in this trace store, "
                   "and take POST /v1/feedback (default: $FCAGENT_STORE; neither set: nothing is recorded).")] = None,
               api_key: Annotated[Optional[str], typer.Option(envvar="FCAGENT_API_KEY", help="Required as `Authorization: Bearer KEY`.")] = None,

@@ -266,4 +266,4 @@ def record_demo_traffic(store: Any, *, data_dir: str | Path | None = None, limit
     store.label_many(labels)
     bad = sum(not lb.success for lb in labels)
     return {"episodes": len(requests), "labelled_good": len(labels) - bad, "labelled_bad": bad,
-            "store": str(store.path)}
+            "store": store.location}

@@ -138,7 +138,7 @@ def distill(*, task: str, teacher: str = "reference", student: str = "bundled:sm
         raise UserError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    store = Path(store) if store is not None else out / "traces.db"
+    store = store if store is not None else out / "traces.db"  # a path or a PostgreSQL URL, as given
     t = get_task(task, data_dir=data_dir)
     timings: dict[str, float] = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
     progress = progress_factory or (lambda: None)

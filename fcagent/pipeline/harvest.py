@@ -62,11 +62,11 @@ def harvest(*, task: str, teacher: str = "reference", samples: int = 1, temperat
                 progress.stop()
         summary = {"task": t.spec, "teacher": teacher, "split": split, "ran": len(problems), "skipped": skipped,
                    "solved": solved, "stored": recorder.episodes_written, "already_stored": recorder.episodes_present,
-                   "store": str(trace_store.path)}
+                   "store": trace_store.location}
         if recorder.write_errors:
             shown = "; ".join(str(e) for e in recorder.write_errors[:3])
             raise RunFailure(f"{len(recorder.write_errors)} of {len(problems)} episodes were NOT stored in "
-                             f"{trace_store.path} ({shown}{' ...' if len(recorder.write_errors) > 3 else ''}); "
+                             f"{trace_store.location} ({shown}{' ...' if len(recorder.write_errors) > 3 else ''}); "
                              f"{recorder.episodes_written} were. Run again with --resume once the cause is fixed.",
                              evidence=summary)
         return summary

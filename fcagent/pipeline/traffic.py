@@ -209,7 +209,7 @@ def evaluate_traffic(store: TraceStore, models: dict[str, str], *, out_dir: str 
     (out / "results").mkdir(parents=True, exist_ok=True)
     steps = heldout_steps(store, test_fraction=test_fraction, unlabelled=unlabelled)
     if not [s for s in steps if s.good]:
-        raise UserError(f"{store.path} has no held-out episode labelled good at test fraction {test_fraction:g} "
+        raise UserError(f"{store.location} has no held-out episode labelled good at test fraction {test_fraction:g} "
                         "(label episodes with `fcagent traces label` or feedback; a larger --test-fraction holds "
                         "out more)")
     judge_fn, match = load_judge(judge), match or StringMatch()
@@ -231,7 +231,7 @@ def evaluate_traffic(store: TraceStore, models: dict[str, str], *, out_dir: str 
     good = [i for i, s in enumerate(steps) if s.good]
     tests = {f"{a} vs {b}": mcnemar_exact([per_model[a][i].agree for i in good], [per_model[b][i].agree for i in good])
              for a, b in combinations(per_model, 2)}
-    report = {"store": store.path.name, "test_fraction": test_fraction, "judge": judge or "default",
+    report = {"store": store.name, "test_fraction": test_fraction, "judge": judge or "default",
               "steps": len(steps), "good_steps": len(good), "bad_episodes": len({s.episode_id for s in steps if not s.good}),
               "episodes": sorted({s.episode_id for s in steps}),
               "models": {name: {"spec": models[name], **summarize(steps, rs)} for name, rs in per_model.items()},
@@ -322,9 +322,9 @@ def shadow_report(store: TraceStore, *, out_dir: str | Path) -> dict[str, Any]:
         if student.latency_ms is not None:
             latency.append(student.latency_ms)
     if not agrees:
-        raise UserError(f"{store.path} holds no shadowed request (StudentMiddleware(mode='shadow') or "
+        raise UserError(f"{store.location} holds no shadowed request (StudentMiddleware(mode='shadow') or "
                         "`fcagent serve --shadow` record them)")
-    report = {"store": store.path.name, "requests": len(agrees), "students": sorted(s for s in students if s),
+    report = {"store": store.name, "requests": len(agrees), "students": sorted(s for s in students if s),
               "agreement": _rate(agrees), "escalation_rate": sum(escalates) / len(escalates),
               "per_tool": {tool: _rate(v) for tool, v in sorted(per_tool.items())},
               "student_latency_ms_per_request": sum(latency) / max(1, len(latency))}

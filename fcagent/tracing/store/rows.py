@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,7 @@ class CallRow:
     request_key: str | None = None  # the episode's request (recorded traffic is split by it)
 
     @classmethod
-    def of(cls, r: sqlite3.Row) -> CallRow:
+    def of(cls, r: Mapping[str, Any]) -> CallRow:
         return cls(**{k: r[k] for k in r.keys()})
 
 
@@ -122,14 +122,14 @@ class EpisodeSummary:
     steps: int | None
 
 
-def episode_of(r: sqlite3.Row) -> Episode:
+def episode_of(r: Mapping[str, Any]) -> Episode:
     return Episode(id=r["id"], thread_id=r["thread_id"], name=r["name"], started_at=r["started_at"],
                    ended_at=r["ended_at"], status=r["status"], task=r["task"], problem_id=r["problem_id"],
                    split=r["split"], model=r["model"], metadata=json.loads(r["metadata"]), tags=json.loads(r["tags"]),
                    outputs=json.loads(r["outputs"]), error=r["error"], request_key=r["request_key"])
 
 
-def completion_of(r: sqlite3.Row, messages: list[Any]) -> Completion:
+def completion_of(r: Mapping[str, Any], messages: list[Any]) -> Completion:
     return Completion(id=r["id"], episode_id=r["episode_id"], parent_run_id=r["parent_run_id"], seq=r["seq"],
                       model=r["model"], protocol=r["protocol"], step=r["step"], context_hash=r["context_hash"],
                       messages=messages, tools=json.loads(r["tools"]), params=json.loads(r["params"]),
@@ -137,12 +137,12 @@ def completion_of(r: sqlite3.Row, messages: list[Any]) -> Completion:
                       error=r["error"], prompt=json.loads(r["prompt"]) if r["prompt"] else None)
 
 
-def tool_run_of(r: sqlite3.Row) -> ToolRun:
+def tool_run_of(r: Mapping[str, Any]) -> ToolRun:
     return ToolRun(id=r["id"], episode_id=r["episode_id"], parent_run_id=r["parent_run_id"], seq=r["seq"],
                    name=r["name"], args=json.loads(r["args"]) if r["args"] else None, output=r["output"],
                    error=r["error"], latency_ms=r["latency_ms"], tool_call_id=r["tool_call_id"])
 
 
-def label_of(r: sqlite3.Row) -> Label:
+def label_of(r: Mapping[str, Any]) -> Label:
     return Label(target_id=r["target_id"], candidate=r["candidate"], success=bool(r["success"]), reason=r["reason"],
                  source=r["source"], created_at=r["created_at"], kind=r["kind"])

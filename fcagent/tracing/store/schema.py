@@ -8,7 +8,7 @@ with a name this list lacks (written by a newer fcagent) is refused untouched.
 from __future__ import annotations
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "EPISODE_COLUMNS", "COMPLETION_COLUMNS", "TOOL_RUN_COLUMNS",
-           "LABEL_COLUMNS", "insert_sql"]
+           "LABEL_COLUMNS"]
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", """
@@ -70,7 +70,3 @@ TOOL_RUN_COLUMNS = ("id", "episode_id", "parent_run_id", "seq", "name", "args", 
                     "tool_call_id")
 LABEL_COLUMNS = ("target_id", "candidate", "success", "reason", "source", "created_at", "kind")
 
-
-def insert_sql(verb: str, table: str, columns: tuple[str, ...]) -> str:
-    """`VERB INTO table (a, b) VALUES (:a, :b)`: named placeholders, filled from a dict row."""
-    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"

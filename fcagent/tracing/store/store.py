@@ -1,40 +1,38 @@
-"""`TraceStore`: the embedded trace store, one SQLite file.
+"""`TraceStore`: the trace store, one SQLite file or a PostgreSQL database.
 
-WAL journal (readers never block the writer, a crash loses no committed episode), one transaction
-per episode, schema changes as named migrations (`schema.py`). A store written by a newer fcagent
-is refused with its version, untouched. Episodes recorders queue are written by the store's writer
-thread (`writer.py`); every read waits for what this process queued on the same file first.
+`TraceStore("traces.db")` keeps everything in one SQLite file (`sqlite.py`); `TraceStore("postgresql://
+user@host:5432/db")` in a PostgreSQL server's database (`postgres.py`), for many machines writing into
+one store. Both hold the same schema, made by one list of named migrations (`schema.py`), and answer
+the same queries, written once here. A store written by a newer fcagent is refused with its version,
+untouched. Episodes recorders queue are written by the store's writer thread (`writer.py`), the ones
+that arrive together in one transaction; every read waits for what this process queued on the same
+store first.
 
 Why this is one module over ~450 lines: `TraceStore` is one class whose writes and reads share one
-connection, its locks and its writer queue; its schema, rows and writer thread are modules of their own.
+connection, its locks and its writer queue; its schema, rows, writer thread and the two databases'
+connections are modules of their own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sqlite3
 import threading
 import time
-import urllib.parse
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-try:
-    import fcntl
-except ImportError:  # Windows: SQLite's own busy handler alone
-    fcntl = None  # type: ignore[assignment]
-
 from fcagent.core import keys
 from fcagent.core.errors import StoreError, StoreWriteError, UserError
 from fcagent.core.files import write_jsonl_atomic
 from fcagent.core.records import Episode, EpisodeTrace, Label
+from fcagent.tracing.store.postgres import URL_PREFIXES, PostgresDB, is_postgres_url
 from fcagent.tracing.store.rows import (
     CallRow,
     EpisodeSummary,
@@ -53,135 +51,98 @@ from fcagent.tracing.store.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     TOOL_RUN_COLUMNS,
-    insert_sql,
 )
+from fcagent.tracing.store.sqlite import SQLITE_MAGIC, SQLiteDB
 from fcagent.tracing.store.writer import QUEUED_ON, EpisodeWriter, QueuedEpisode
 
-__all__ = ["TraceStore", "DEFAULT_STORE", "open_store"]
+__all__ = ["TraceStore", "DEFAULT_STORE", "open_store", "is_postgres_url"]
 
 DEFAULT_STORE = "fcagent-traces.db"
-_INSERT_LABEL = insert_sql("INSERT OR IGNORE", "labels", LABEL_COLUMNS)
 # The columns a `CallRow` is made of, named as its fields.
 _CALL_COLUMNS = ("c.id, c.episode_id, c.context_hash, c.protocol, c.messages AS inline_messages, c.message_hashes, "
                  "c.tools, c.candidates, c.prompt, e.task, e.problem_id, e.split, e.request_key")
 
 
 class TraceStore:
-    """Episodes, candidate completions, tool runs and labels in one SQLite file."""
+    """Episodes, candidate completions, tool runs and labels in one SQLite file or a PostgreSQL database."""
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_STORE, *, timeout: float = 60.0,
                  read_only: bool = False):
-        """`timeout`: seconds a write waits for another writer's lock before it fails (and is reported).
-        `read_only`: open an existing store for reading only: nothing is created or migrated, and it reads
-        on a read-only file system too (what listing and exporting commands open)."""
-        self.path = Path(path)
+        """`path`: an SQLite file, or a PostgreSQL server's database as a URL string,
+        `postgresql://user@host:5432/dbname` (libpq's URL: `?sslmode=require`, `PGPASSWORD` and
+        `~/.pgpass` work as in psql). `timeout`: seconds a write waits for another writer's lock before it
+        fails (and is reported). `read_only`: open an existing store for reading only: nothing is created
+        or migrated, and an SQLite file reads on a read-only file system too (what listing and exporting
+        commands open)."""
+        if not isinstance(path, str) and str(path).startswith(tuple(p[:-1] for p in URL_PREFIXES)):
+            # Path() has already merged the URL's `//`: what is left is no longer the URL that was meant.
+            raise UserError(f"`store` {path} looks like a PostgreSQL URL made into a file path: pass the URL as a "
+                            "string, `TraceStore('postgresql://user@host:5432/db')`")
         self.timeout = timeout
         self.read_only = read_only
-        if self.path.is_dir():
-            raise UserError(f"`store` must be a file path, {self.path} is a folder")
-        if read_only:
-            _check_store_file(self.path)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._writer_fd: tuple[int, int] | None = None  # (pid, fd) of the writer-queue lock file
+        self._db: SQLiteDB | PostgresDB = PostgresDB(path, timeout=timeout, read_only=read_only) \
+            if is_postgres_url(path) else SQLiteDB(Path(path), timeout=timeout, read_only=read_only)
+        self.path: Path | None = self._db.path  # the SQLite file; None for a server's database
+        self.location = self._db.location  # how messages name the store (a URL without its password)
+        self.name = self._db.name  # a file's name, or the URL
+        self._lock = threading.RLock()  # the writing connection is shared by this store's threads
         self._writer: EpisodeWriter | None = None  # started by the first `write_episode_soon`
         # Guards `_writer` only: queueing an episode must not wait for the connection's lock, which the
         # writer thread holds through each transaction.
         self._writer_lock = threading.Lock()
-        self._file_key = os.path.realpath(self.path)  # the stores of this process on one file share queues
-        self._read_uri: str | None = None  # read-only: the URI that opened the file (`mode=ro`, or `immutable`)
-        try:
-            self._conn = self._connect_read_only() if read_only else \
-                sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a readable fcagent store: {exc}") from exc
+        self._key = self._db.key  # the stores of this process on one file (or database) share queues
         try:
             self._refuse_newer_schema()  # before anything writes: a newer store is left exactly as it was
             if read_only:
                 self._refuse_unmigrated()
             else:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-                self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise StoreError(f"{self.path} is not a readable fcagent store: {exc}") from exc
+                self._db.prepare()
+                with self._lock:
+                    self._db.migrate(MIGRATIONS)
+        except self._db.errors as exc:
+            self._db.close()
+            raise StoreError(f"{self.location} is not a readable fcagent store: {exc}") from exc
         except StoreError:
-            self._conn.close()
+            self._db.close()
             raise
+        self._sql = {  # the inserts, in the backend's words
+            (table, replace): self._db.insert(table, columns, replace=replace)
+            for table, columns in (("episodes", EPISODE_COLUMNS), ("completions", COMPLETION_COLUMNS),
+                                   ("tool_runs", TOOL_RUN_COLUMNS), ("labels", LABEL_COLUMNS),
+                                   ("message_blobs", ("hash", "body")))
+            for replace in (False, True)}
 
-    def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that never writes: `mode=ro`, or where even that cannot open the file (a read-only
-        file system without the WAL's shared-memory file), `immutable=1`."""
-        if self._read_uri is None:
-            base = "file:" + urllib.parse.quote(os.path.abspath(self.path))
-            for uri in (f"{base}?mode=ro", f"{base}?immutable=1"):
-                try:
-                    conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, check_same_thread=False,
-                                           isolation_level=None)
-                    conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-                except sqlite3.OperationalError:
-                    continue
-                self._read_uri = uri
-                return conn
-            raise StoreError(f"{self.path} cannot be opened for reading")
-        return sqlite3.connect(self._read_uri, uri=True, timeout=self.timeout, check_same_thread=False,
-                               isolation_level=None)
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return "postgresql" if isinstance(self._db, PostgresDB) else "sqlite"
 
     def _refuse_unmigrated(self) -> None:
-        exists = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='_migrations'").fetchone()
-        applied = {r[0] for r in self._conn.execute("SELECT name FROM _migrations")} if exists else set()
-        missing = [name for name, _ in MIGRATIONS if name not in applied]
-        if not exists:
-            raise StoreError(f"{self.path} is not an fcagent trace store (it has no fcagent tables)")
-        if missing:
-            raise StoreError(f"{self.path} has schema version {len(applied)} and must be migrated to {SCHEMA_VERSION} "
-                             "before it can be read: open it once with a command that writes (e.g. `fcagent traces "
-                             "label`), where the file is writable")
+        applied = self._db.applied()
+        if applied is None:
+            raise StoreError(f"{self.location} is not an fcagent trace store (it has no fcagent tables)")
+        if any(name not in applied for name, _ in MIGRATIONS):
+            raise StoreError(f"{self.location} has schema version {len(applied)} and must be migrated to "
+                             f"{SCHEMA_VERSION} before it can be read: open it once with a command that writes "
+                             "(e.g. `fcagent traces label`), where the store is writable")
 
     def _refuse_writes(self) -> None:
         if self.read_only:
-            raise StoreError(f"{self.path} was opened read-only; open it without `read_only` to write")
+            raise StoreError(f"{self.location} was opened read-only; open it without `read_only` to write")
 
     # --- schema --------------------------------------------------------------------------------
 
     def _refuse_newer_schema(self) -> None:
-        exists = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='_migrations'").fetchone()
-        if not exists:
-            return
-        applied = {r[0] for r in self._conn.execute("SELECT name FROM _migrations")}
-        newer = sorted(applied - {name for name, _ in MIGRATIONS})
+        applied = self._db.applied()
+        newer = sorted((applied or set()) - {name for name, _ in MIGRATIONS})
         if newer:
-            raise StoreError(f"{self.path} has schema version {len(applied)} (migrations {', '.join(newer)} are "
-                             f"unknown here); this fcagent reads version {SCHEMA_VERSION}. Upgrade fcagent; "
+            raise StoreError(f"{self.location} has schema version {len(applied or ())} (migrations {', '.join(newer)} "
+                             f"are unknown here); this fcagent reads version {SCHEMA_VERSION}. Upgrade fcagent; "
                              "the store was not changed.")
-
-    def _migrate(self) -> None:
-        with self._lock:
-            self._conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-            applied = {r[0] for r in self._conn.execute("SELECT name FROM _migrations")}
-            for name, sql in MIGRATIONS:
-                if name in applied:
-                    continue
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # Another process may have migrated between our read and taking the lock.
-                    if not self._conn.execute("SELECT 1 FROM _migrations WHERE name=?", (name,)).fetchone():
-                        for statement in sql.split(";"):
-                            if statement.strip():
-                                self._conn.execute(statement)
-                        self._conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0]
+        return next(self._query("SELECT COUNT(*) AS n FROM _migrations"))["n"]
 
     def close(self) -> None:
         self.flush()
@@ -190,30 +151,7 @@ class TraceStore:
         if writer is not None and writer.pid == os.getpid() and writer.thread.is_alive():
             writer.stop()
         with self._lock:
-            self._conn.close()
-            if self._writer_fd is not None and self._writer_fd[0] == os.getpid():
-                os.close(self._writer_fd[1])
-            self._writer_fd = None
-
-    @contextlib.contextmanager
-    def _writer_queue(self) -> Iterator[None]:
-        """Writers wait in a blocking `flock` on a sidecar file before taking SQLite's write lock.
-
-        SQLite's busy handler polls with sleeps of up to 100 ms, so with several processes writing,
-        the write lock mostly sits free while they sleep; a blocked `flock` wakes the next writer as
-        soon as the lock is released (measured by benchmarks/store_writers.py).
-        """
-        if fcntl is None:
-            yield
-            return
-        if self._writer_fd is None or self._writer_fd[0] != os.getpid():  # opened per process (not across fork)
-            self._writer_fd = (os.getpid(), os.open(f"{self.path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644))
-        fd = self._writer_fd[1]
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._db.close()
 
     def __enter__(self) -> TraceStore:
         return self
@@ -233,32 +171,45 @@ class TraceStore:
                        ) -> list[bool]:
         """Store several episodes in one transaction (all or none); per episode, False if it was there."""
         self._refuse_writes()
-        rows = [trace_rows(trace) for trace in traces]
+        return self.write_rows([trace_rows(trace) for trace in traces], replace=replace)
+
+    def write_rows(self, rows: list[TraceRows], *, replace: bool | list[bool] = False) -> list[bool]:
+        """`write_episodes` of episodes as rows: `trace_rows(trace)`, or another store's `episode_rows()`
+        (a copy, column for column)."""
+        self._refuse_writes()
         replaces = replace if isinstance(replace, list) else [replace] * len(rows)
-        with self._lock, self._writer_queue():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                stored = [self._insert(r, again) for r, again in zip(rows, replaces, strict=True)]
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+        if len(replaces) != len(rows):
+            raise UserError(f"`replace` has {len(replaces)} flags for {len(rows)} episodes")
+        with self._lock:
+            return self._db.write(lambda: self._insert_all(rows, replaces))
+
+    def _insert_all(self, rows: list[TraceRows], replaces: list[bool]) -> list[bool]:
+        # Every writer takes its rows in one order (episodes by id, then messages by hash), so writers
+        # that meet on the same rows (a shared system prompt, one episode imported twice) wait for each
+        # other instead of deadlocking (on PostgreSQL, where writers run side by side).
+        order = sorted(range(len(rows)), key=lambda i: rows[i].episode["id"])
+        stored = [False] * len(rows)
+        for i in order:
+            stored[i] = self._insert(rows[i], replaces[i])
+        new = [i for i in order if stored[i]]
+        blobs = {b["hash"]: b for i in new for b in rows[i].blobs}
+        self._db.executemany(self._sql["message_blobs", False], [blobs[h] for h in sorted(blobs)])
+        for again in (False, True):
+            mine = [rows[i] for i in new if replaces[i] == again]
+            self._db.executemany(self._sql["completions", again], [c for r in mine for c in r.completions])
+            self._db.executemany(self._sql["tool_runs", again], [t for r in mine for t in r.tool_runs])
+        self._db.executemany(self._sql["labels", False], [lb for i in new for lb in rows[i].labels])
         return stored
 
     def _insert(self, rows: TraceRows, replace: bool) -> bool:
-        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-        cur = self._conn.execute(insert_sql(verb, "episodes", EPISODE_COLUMNS), rows.episode)
-        if cur.rowcount == 0:
-            # The id is known: merge its labels. Else its dedupe key was (another harvest stored
-            # this problem first): nothing of it is written.
-            if self._conn.execute("SELECT 1 FROM episodes WHERE id=?", (rows.episode["id"],)).fetchone():
-                self._conn.executemany(_INSERT_LABEL, rows.labels)
-            return False
-        self._conn.executemany("INSERT OR IGNORE INTO message_blobs (hash, body) VALUES (:hash, :body)", rows.blobs)
-        self._conn.executemany(insert_sql(verb, "completions", COMPLETION_COLUMNS), rows.completions)
-        self._conn.executemany(insert_sql(verb, "tool_runs", TOOL_RUN_COLUMNS), rows.tool_runs)
-        self._conn.executemany(_INSERT_LABEL, rows.labels)
-        return True
+        """The episode's own row; True if it is new (the rest of its rows follow, for the whole batch)."""
+        if self._db.execute(self._sql["episodes", replace], rows.episode).rowcount:
+            return True
+        # The id is known: merge its labels. Else its dedupe key was (another harvest stored this
+        # problem first): nothing of it is written.
+        if self._db.execute("SELECT 1 FROM episodes WHERE id=?", (rows.episode["id"],)).fetchone():
+            self._db.executemany(self._sql["labels", False], rows.labels)
+        return False
 
     # --- writing off the caller's thread -------------------------------------------------------
 
@@ -275,7 +226,7 @@ class TraceStore:
         with self._writer_lock:
             if self._writer is None or self._writer.pid != os.getpid():  # a forked child starts its own
                 self._writer = EpisodeWriter(self)
-                QUEUED_ON.setdefault(self._file_key, weakref.WeakSet()).add(self)
+                QUEUED_ON.setdefault(self._key, weakref.WeakSet()).add(self)
             self._writer.queue.put(QueuedEpisode(episode_id, build, replace, done))
 
     def flush(self) -> None:
@@ -287,15 +238,8 @@ class TraceStore:
 
     def _settle(self) -> None:
         # Every store of this process on this file: a read sees what was queued before it.
-        for store in list(QUEUED_ON.get(self._file_key, ())):
+        for store in list(QUEUED_ON.get(self._key, ())):
             store.flush()
-
-    def _rollback(self) -> None:
-        # SQLite may have rolled back already (a failed COMMIT on a full disk): a second ROLLBACK would
-        # raise "no transaction is active" and hide the real error.
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
 
     def label(self, target_id: str, success: bool, reason: str = "", source: str = "user", *,
               candidate: int | None = None, kind: str | None = None) -> Label:
@@ -312,14 +256,8 @@ class TraceStore:
         resolved = [lab.model_copy(update={"target_id": self.resolve_id(lab.target_id),
                                            "created_at": lab.created_at or time.time()}) for lab in labels]
         rows = [label_row(lab.model_dump()) for lab in resolved]
-        with self._lock, self._writer_queue():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(_INSERT_LABEL, rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+        with self._lock:
+            self._db.write(lambda: self._db.executemany(self._sql["labels", False], rows))
         return resolved
 
     def has_episode(self, episode_id: str) -> bool:
@@ -333,7 +271,8 @@ class TraceStore:
         prefix = id_or_prefix.strip()
         matches: list[str] = []
         for table in ("episodes", "completions"):
-            # A range scan on the primary key: fast whatever the store's size.
+            # A range scan on the primary key: fast whatever the store's size (ids compare byte by byte
+            # on both backends).
             matches += [r["id"] for r in self._query(f"SELECT id FROM {table} WHERE id >= ? AND id < ? LIMIT 6",
                                                      (prefix, prefix + "\U0010ffff"))]
         if prefix in matches:
@@ -341,34 +280,23 @@ class TraceStore:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise UserError(f"no episode or completion with id {prefix!r} in {self.path} (`fcagent traces ls` lists them)")
-        raise UserError(f"id prefix {prefix!r} matches several ids in {self.path} "
+            raise UserError(f"no episode or completion with id {prefix!r} in {self.location} "
+                            "(`fcagent traces ls` lists them)")
+        raise UserError(f"id prefix {prefix!r} matches several ids in {self.location} "
                         f"({', '.join(m[:13] + '…' for m in matches[:5])}); give more of it")
 
     # --- reading -------------------------------------------------------------------------------
 
-    def _query(self, sql: str, params: tuple = (), batch: int = 500) -> Iterator[sqlite3.Row]:
-        # A connection of its own per query, fetched in batches: memory stays flat with store size,
-        # and a long read never holds the writer's lock.
+    def _query(self, sql: str, params: tuple = (), batch: int = 500, *, stream: bool = False
+               ) -> Iterator[Mapping[str, Any]]:
+        """Rows by column name. `stream`: a read over the whole store, fetched `batch` rows at a time
+        (a server-side cursor on PostgreSQL; every SQLite read is fetched so)."""
         self._settle()
-        conn = self._connect_read_only() if self.read_only else \
-            sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        try:
-            cur = conn.execute(sql, params)
-            while rows := cur.fetchmany(batch):
-                yield from rows
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise StoreError(f"{self.path} stayed locked by another writer for {self.timeout:g} s") from None
-            raise StoreError(f"{self.path} cannot be read: {exc}. The file is damaged; `sqlite3 {self.path} "
-                             "\".recover\"` may save what is left into a new store") from None
-        finally:
-            conn.close()
+        yield from self._db.query(sql, params, batch=batch, stream=stream)
 
     def episodes(self, *, task: str | None = None, status: str | None = None) -> Iterator[Episode]:
         where, params = _filters(task=task, status=status)
-        for row in self._query(f"SELECT * FROM episodes {where} ORDER BY started_at, id", params):
+        for row in self._query(f"SELECT * FROM episodes {where} ORDER BY started_at, id", params, stream=True):
             yield episode_of(row)
 
     def traces(self, *, task: str | None = None, status: str | None = None) -> Iterator[EpisodeTrace]:
@@ -381,11 +309,11 @@ class TraceStore:
         full = self.resolve_id(episode_id)
         rows = list(self._query("SELECT * FROM episodes WHERE id=?", (full,)))
         if not rows:
-            raise UserError(f"{full} is a model call, not an episode, in {self.path}")
+            raise UserError(f"{full} is a model call, not an episode, in {self.location}")
         return self._trace(episode_of(rows[0]))
 
     def latest_episode_id(self) -> str | None:
-        rows = list(self._query("SELECT id FROM episodes ORDER BY started_at DESC LIMIT 1"))
+        rows = list(self._query("SELECT id FROM episodes ORDER BY started_at DESC, id DESC LIMIT 1"))
         return rows[0]["id"] if rows else None
 
     def _messages(self, rows: list[Any]) -> list[list[dict[str, Any]]]:
@@ -414,6 +342,62 @@ class TraceStore:
         labels = [label_of(r) for r in self._query(
             f"SELECT * FROM labels WHERE target_id IN ({_marks(len(ids))}) ORDER BY id", ids)]
         return EpisodeTrace(episode=ep, completions=comps, tool_runs=tools, labels=labels)
+
+    def episode_rows(self, batch: int = 200) -> Iterator[list[TraceRows]]:
+        """Every episode's rows as stored (encoded columns untouched: a copy is exact), `batch` episodes at a
+        time in start order, streamed: what `write_rows` of another store takes."""
+        episodes = self._query("SELECT * FROM episodes ORDER BY started_at, id", stream=True)
+        while chunk := list(islice(episodes, batch)):
+            ids = [e["id"] for e in chunk]
+            comps = list(self._present_rows("completions", "episode_id", ids))
+            tools = list(self._present_rows("tool_runs", "episode_id", ids))
+            owner = {c["id"]: c["episode_id"] for c in comps} | {i: i for i in ids}
+            labels = list(self._present_rows("labels", "target_id", list(owner)))
+            hashes = sorted({h for c in comps if c["message_hashes"] for h in json.loads(c["message_hashes"])})
+            bodies = {b["hash"]: b["body"] for b in self._present_rows("message_blobs", "hash", hashes)}
+            out = {i: TraceRows(episode={}, completions=[], tool_runs=[], labels=[], blobs=[]) for i in ids}
+            for e in chunk:
+                out[e["id"]].episode = {k: e[k] for k in EPISODE_COLUMNS}
+            for c in sorted(comps, key=lambda c: c["seq"]):
+                out[c["episode_id"]].completions.append({k: c[k] for k in COMPLETION_COLUMNS})
+                out[c["episode_id"]].blobs += [{"hash": h, "body": bodies[h]}
+                                               for h in json.loads(c["message_hashes"] or "[]")]
+            for t in sorted(tools, key=lambda t: t["seq"]):
+                out[t["episode_id"]].tool_runs.append({k: t[k] for k in TOOL_RUN_COLUMNS})
+            for lb in sorted(labels, key=lambda lb: lb["id"]):  # oldest first: the newest label stays the newest
+                out[owner[lb["target_id"]]].labels.append({k: lb[k] for k in LABEL_COLUMNS})
+            yield [out[i] for i in ids]
+
+    def missing(self, rows: list[TraceRows]) -> list[str]:
+        """What of these episodes' rows this store lacks: an episode, call or tool run, or a label (by its
+        unique key). A copy checks each batch so, in a few queries for the whole batch."""
+        out = []
+        for table, ids in (("episodes", [r.episode["id"] for r in rows]),
+                           ("completions", [c["id"] for r in rows for c in r.completions]),
+                           ("tool_runs", [t["id"] for r in rows for t in r.tool_runs])):
+            have = self.present_ids(table, ids)
+            out += [f"{table[:-1]} {i}" for i in ids if i not in have]
+
+        def key(lb: Mapping[str, Any]) -> tuple:
+            return lb["target_id"], lb["candidate"], lb["source"], lb["reason"], bool(lb["success"])
+
+        wanted = [lb for r in rows for lb in r.labels]
+        have_labels = {key(lb) for lb in self._present_rows("labels", "target_id", sorted({lb["target_id"]
+                                                                                        for lb in wanted}))}
+        out += [f"label {lb['source']}:{'good' if lb['success'] else 'bad'} on {lb['target_id']}" for lb in wanted
+                if key(lb) not in have_labels]
+        return out
+
+    def present_ids(self, table: str, ids: list[str]) -> set[str]:
+        """Which of `ids` this store holds in `table` (episodes, completions or tool_runs)."""
+        if table not in ("episodes", "completions", "tool_runs"):
+            raise UserError(f"`table` must be episodes, completions or tool_runs, got {table!r}")
+        return {r["id"] for r in self._present_rows(table, "id", ids)}
+
+    def _present_rows(self, table: str, column: str, values: list[str]) -> Iterator[Mapping[str, Any]]:
+        for start in range(0, len(values), 500):
+            chunk = tuple(values[start:start + 500])
+            yield from self._query(f"SELECT * FROM {table} WHERE {column} IN ({_marks(len(chunk))})", chunk)
 
     def label_watermark(self) -> tuple[int, float | None]:
         """How many labels the store holds, and when the newest was written: what a training run saw."""
@@ -455,7 +439,8 @@ class TraceStore:
         """Every model call of a complete episode, ordered by context (then episode start, step), with
         what the exporter judges it by: its labels, its episode's newest label and role, and whether it
         is the episode's last call. Messages are left as references (`messages_of` resolves them)."""
-        yield from self._calls(task, order="c.context_hash, e.started_at, c.seq")
+        # (e.id breaks ties of episodes started at one time, so every backend gives one order)
+        yield from self._calls(task, order="c.context_hash, e.started_at, e.id, c.seq")
 
     def calls_by_episode(self, *, task: str | None = None) -> Iterator[CallRow]:
         """The same rows as `calls_by_context`, episode by episode, each episode's calls in order."""
@@ -464,17 +449,15 @@ class TraceStore:
     def _calls(self, task: str | None, *, order: str) -> Iterator[CallRow]:
         where, params = ("AND e.task = ?", (task,)) if task else ("", ())
         sql = f"""
-            SELECT {_CALL_COLUMNS}, json_extract(e.metadata, '$.{keys.ROLE}') AS role,
+            SELECT {_CALL_COLUMNS}, {self._db.json_text("e.metadata", keys.ROLE)} AS role,
                    c.seq = (SELECT MAX(c2.seq) FROM completions c2 WHERE c2.episode_id = c.episode_id) AS is_last,
                    (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1)
                        AS episode_success,
-                   (SELECT json_group_array(json_object('candidate', l.candidate, 'success', l.success,
-                                                        'reason', l.reason, 'source', l.source, 'kind', l.kind))
-                      FROM (SELECT * FROM labels WHERE target_id = c.id ORDER BY id) l) AS labels
+                   {self._db.labels_json("c.id")} AS labels
             FROM completions c JOIN episodes e ON e.id = c.episode_id
             WHERE e.status = 'complete' {where}
             ORDER BY {order}"""
-        for r in self._query(sql, params):
+        for r in self._query(sql, params, stream=True):
             yield CallRow.of(r)
 
     def good_teacher_calls(self, *, task: str | None = None) -> list[CallRow]:
@@ -485,16 +468,16 @@ class TraceStore:
             SELECT {_CALL_COLUMNS}
             FROM completions c JOIN episodes e ON e.id = c.episode_id
             WHERE e.status = 'complete'
-              AND COALESCE(json_extract(e.metadata, '$.{keys.ROLE}'), '') NOT IN {keys.sql_list(keys.STUDENT_ROLES)}
+              AND COALESCE({self._db.json_text("e.metadata", keys.ROLE)}, '') NOT IN {keys.sql_list(keys.STUDENT_ROLES)}
               AND (SELECT l.success FROM labels l WHERE l.target_id = e.id ORDER BY l.id DESC LIMIT 1) = 1
               AND COALESCE(e.split, '') != 'test' {where}
-            ORDER BY e.started_at, c.seq""", params)]
+            ORDER BY e.started_at, e.id, c.seq""", params, stream=True)]
 
     def contexts_answered_by(self, model: str, role: str) -> set[str]:
         """Context hashes of the calls `model` made in episodes of `role` (what replay skips)."""
         return {r["context_hash"] for r in self._query(
             f"SELECT c.context_hash FROM completions c JOIN episodes e ON e.id = c.episode_id "
-            f"WHERE json_extract(e.metadata, '$.{keys.ROLE}') = ? AND e.model = ?", (role, model))}
+            f"WHERE {self._db.json_text('e.metadata', keys.ROLE)} = ? AND e.model = ?", (role, model), stream=True)}
 
     def labels(self, target_id: str) -> list[Label]:
         return [label_of(r) for r in self._query("SELECT * FROM labels WHERE target_id=? ORDER BY id", (target_id,))]
@@ -502,7 +485,7 @@ class TraceStore:
     def completed_problems(self, *, task: str | None = None, model: str | None = None) -> set[str]:
         """Problem ids with a complete episode (what `harvest --resume` skips)."""
         where, params = _filters(task=task, status="complete", model=model)
-        return {r["problem_id"] for r in self._query(f"SELECT problem_id FROM episodes {where}", params)
+        return {r["problem_id"] for r in self._query(f"SELECT problem_id FROM episodes {where}", params, stream=True)
                 if r["problem_id"]}
 
     def count(self, table: str = "episodes") -> int:
@@ -511,12 +494,12 @@ class TraceStore:
         return next(self._query(f"SELECT COUNT(*) AS n FROM {table}"))["n"]
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"store": str(self.path), "schema_version": self.schema_version}
+        out: dict[str, Any] = {"store": self.location, "schema_version": self.schema_version}
         for table in ("episodes", "completions", "tool_runs", "labels"):
             out[table] = self.count(table)
         for key, col in (("episodes_by_task", "task"), ("episodes_by_model", "model"), ("episodes_by_status", "status")):
             out[key] = {r["k"] or "-": r["n"] for r in self._query(
-                f"SELECT {col} AS k, COUNT(*) AS n FROM episodes GROUP BY {col} ORDER BY n DESC")}
+                f"SELECT {col} AS k, COUNT(*) AS n FROM episodes GROUP BY {col} ORDER BY n DESC, COALESCE({col}, '')")}
         by_label: Counter[str] = Counter()
         for r in self._query("SELECT source, success, COUNT(*) AS n FROM labels GROUP BY source, success"):
             by_label[f"{r['source']}:{'good' if r['success'] else 'bad'}"] = r["n"]
@@ -548,7 +531,7 @@ class TraceStore:
             raise StoreError(f"{path} is a folder; import takes a JSONL file written by `fcagent traces export`")
         try:
             with path.open("rb") as f:
-                if f.read(16) == b"SQLite format 3\x00":
+                if f.read(16) == SQLITE_MAGIC:
                     raise StoreError(f"{path} is an SQLite store, not a JSONL export; use it with `--store {path}`")
             with path.open(encoding="utf-8") as f:
                 for lineno, line in enumerate(f, 1):
@@ -568,7 +551,7 @@ class TraceStore:
         for done, trace in enumerate(traces):
             try:
                 stored = self.write_episode(trace)  # one transaction each: what was written stays written
-            except (sqlite3.Error, OSError) as exc:
+            except (*self._db.errors, OSError) as exc:
                 raise StoreWriteError(
                     trace.episode.id,
                     RuntimeError(f"{exc}; {done} of {len(traces)} episodes of {path} were imported before it "
@@ -579,19 +562,8 @@ class TraceStore:
         return added, present
 
 
-def _check_store_file(path: Path) -> None:
-    """An existing SQLite file, for a reader: a missing, empty or other file is named, never turned into a store."""
-    if not path.exists():
-        raise UserError(f"`--store` {path} does not exist; record or harvest into it first")
-    if path.stat().st_size == 0:
-        raise StoreError(f"{path} is an empty file, not a trace store; nothing was written to it")
-    with path.open("rb") as f:
-        if f.read(16) != b"SQLite format 3\x00":
-            raise StoreError(f"{path} is not an SQLite trace store (a JSONL export? `fcagent traces import {path}` "
-                             "adds one to a store)")
-
-
 def open_store(store: str | os.PathLike[str] | TraceStore) -> TraceStore:
+    """A store given by its path or URL, or the store itself."""
     if isinstance(store, TraceStore):
         return store
     if isinstance(store, str | os.PathLike):

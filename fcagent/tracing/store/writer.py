@@ -59,7 +59,7 @@ class EpisodeWriter:
         self._last_write = -float("inf")  # time.monotonic() when the last batch was written
         self._waiting = 0
         self._waiting_lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name=f"fcagent-writer:{store.path.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"fcagent-writer:{store.name}", daemon=True)
         self.thread.start()
         self.ident = self.thread.ident
 
