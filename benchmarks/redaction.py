@@ -19,7 +19,8 @@ import json
 import re
 import time
 
-from fcagent.tracing.redact import Redactor, _rule
+from fcagent.tracing.redact import Redactor
+from fcagent.tracing.redact.rules import _rule
 
 PREVIOUS_RULES = [
     _rule("PRIVATE_KEY", r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),

@@ -558,7 +558,7 @@ def test_the_phone_matcher_runs_on_a_bounded_number_of_candidates(monkeypatch):
     """libphonenumber's matcher (~0.15 ms a call) only sees candidates its metadata cannot decide, at
     most `_MATCHER_BUDGET` per text: a text built from thousands of distinct undecidable runs falls
     back to the regexes instead of taking seconds."""
-    from fcagent.tracing import redact
+    from fcagent.tracing.redact import redactor as redact  # where `Redactor` looks `_matched` up
 
     calls = []
     real = redact._matched.__wrapped__

@@ -41,7 +41,6 @@ from fastapi import (  # module level: FastAPI resolves the routes' annotations 
     Request,
 )
 from fastapi.responses import JSONResponse, StreamingResponse
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration
@@ -51,9 +50,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fcagent.core import keys
 from fcagent.core.errors import UserError
 from fcagent.core.names import model_name
-from fcagent.core.records import StepError
 from fcagent.routing.check import StudentCheck, Validator
 from fcagent.routing.escalation import Escalations
+from fcagent.serving.streaming import Answer, stream_events
 from fcagent.serving.wire import BadRequest, ChatRequest, Feedback, error_body, finish_reason, json_depth, message_json
 from fcagent.tracing.buffers import CallBuffer, EpisodeBuffer
 from fcagent.tracing.episodes import EpisodeWrites, episode_from_buffer
@@ -90,29 +89,6 @@ class ServeSettings(BaseModel):
 
 
 # --- answering -----------------------------------------------------------------------------------
-
-
-class _Pieces(BaseCallbackHandler):
-    """Hands the student's streamed text and its last chunk (the tool calls) to an asyncio queue."""
-
-    run_inline = True
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
-        self.loop, self.queue = loop, queue
-
-    def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
-        message = getattr(chunk, "message", None)
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("piece", token, message))
-
-
-class _Answer(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    messages: list[AIMessage]
-    model: str
-    escalated: StepError | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 def _model_id(model: Any) -> str:
@@ -224,7 +200,7 @@ class _Server:
             raise BadRequest("this server's student answers n=1 only", "n")
         return [_bound(student, tools, options).invoke(messages, {"callbacks": callbacks}, stop=stop)]
 
-    def answer(self, req: ChatRequest, episode_id: str, *, callbacks: list[Any], cancel: threading.Event) -> _Answer:
+    def answer(self, req: ChatRequest, episode_id: str, *, callbacks: list[Any], cancel: threading.Event) -> Answer:
         """The student's reply (or replies, for n > 1), escalated to the teacher when it fails the check
         (`Escalations`, shared with `StudentMiddleware`). Runs in a worker thread. With a store, the
         request is an episode holding the reply that reached the client; an escalation is stored as
@@ -253,7 +229,7 @@ class _Server:
                                 teacher_reply=reply, why=why, student=student, teacher=self.teacher)
             replies, answered_by, escalated = [reply], self.teacher, why
         usage = [r.usage_metadata or {} for r in replies]  # the prompt once, every reply's tokens
-        answer = _Answer(messages=replies, escalated=escalated,
+        answer = Answer(messages=replies, escalated=escalated,
                          model=self.settings.model_name if answered_by is student else _model_id(answered_by),
                          prompt_tokens=usage[0].get("input_tokens", 0) if usage else 0,
                          completion_tokens=sum(u.get("output_tokens", 0) for u in usage))
@@ -389,7 +365,7 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
                     "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
                               "total_tokens": answer.prompt_tokens + answer.completion_tokens}}
             return JSONResponse(body, headers={MODEL_HEADER: answer.model, **server.run_header()})
-        return StreamingResponse(_stream(server, req, episode_id, response_id, created, cancel, request),
+        return StreamingResponse(stream_events(server, req, episode_id, response_id, created, cancel, request),
                                  media_type="text/event-stream",
                                  headers={MODEL_HEADER: settings.model_name, **server.run_header()})
 
@@ -414,78 +390,6 @@ def create_app(student: BaseChatModel, *, teacher: BaseChatModel | None = None, 
         return {"id": fb.id, "episode": label.target_id, "label": "good" if verdict else "bad"}
 
     return app
-
-
-async def _stream(server: _Server, req: ChatRequest, episode_id: str, response_id: str, created: int,
-                  cancel: threading.Event, request: Any) -> Any:
-    """Server-sent events: the student's text as it is decoded, tool calls as `tool_calls` deltas, the
-    finish reason, usage if asked, `[DONE]`. A teacher's reply (escalation) arrives whole at the end."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    # Tokens stream as decoded only where no teacher may still overrule the reply: what has been sent
-    # cannot be taken back. With a teacher, the reply (the student's or the teacher's) arrives whole.
-    streams_tokens = req.n == 1 and server.teacher is None
-
-    def event(delta: dict[str, Any], finish: str | None = None, model: str | None = None, index: int = 0) -> str:
-        chunk = {"id": response_id, "object": "chat.completion.chunk", "created": created,
-                 "model": model or server.settings.model_name, "system_fingerprint": None,
-                 "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-
-    async def run() -> None:
-        try:
-            handler = [_Pieces(loop, queue)] if streams_tokens else []
-            answer = await asyncio.to_thread(server.answer, req, episode_id, callbacks=handler, cancel=cancel)
-            await queue.put(("done", answer, None))
-        except Exception as exc:  # noqa: BLE001 - the stream ends with an error event, not a traceback
-            await queue.put(("error", exc, None))
-
-    task = asyncio.create_task(run())
-    yield event({"role": "assistant", "content": ""})
-    sent = ""
-    try:
-        while True:
-            if await request.is_disconnected():
-                cancel.set()  # the rows of this request stop; the rest of the batch goes on
-                return
-            try:
-                kind, payload, _ = await asyncio.wait_for(queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                continue
-            if kind == "piece":
-                if payload:
-                    sent += payload
-                    yield event({"content": payload})
-                continue
-            if kind == "error":
-                body = error_body(str(payload) if isinstance(payload, BadRequest | UserError) else
-                                   f"the server failed to answer: {type(payload).__name__}", None)
-                yield f"data: {json.dumps(body)}\n\n"
-                yield "data: [DONE]\n\n"
-                return
-            answer: _Answer = payload
-            for index, message in enumerate(answer.messages):
-                body = message_json(message)
-                text = body.get("content") or ""
-                escalated = answer.escalated is not None
-                if index == 0 and not escalated and text.startswith(sent):
-                    text = text[len(sent):]  # the student's text already streamed
-                if text:
-                    yield event({"content": text}, model=answer.model, index=index)
-                for i, call in enumerate(body.get("tool_calls") or []):
-                    yield event({"tool_calls": [{"index": i, **call}]}, model=answer.model, index=index)
-                yield event({}, finish=finish_reason(message), model=answer.model, index=index)
-            if req.stream_options is not None and req.stream_options.include_usage:
-                usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                         "total_tokens": answer.prompt_tokens + answer.completion_tokens}
-                chunk = {"id": response_id, "object": "chat.completion.chunk", "created": created,
-                         "model": answer.model, "choices": [], "usage": usage}
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
-            return
-    finally:
-        if not task.done():
-            cancel.set()
 
 
 def serve(student: str, *, host: str = "127.0.0.1", port: int = 8000, teacher: str | None = None,
