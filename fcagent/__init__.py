@@ -46,6 +46,9 @@ _EXPORTS: dict[str, str] = {
     # pipeline
     "harvest": "fcagent.pipeline.harvest", "replay": "fcagent.pipeline.replay", "evaluate": "fcagent.pipeline.evaluate",
     "compare_seeds": "fcagent.pipeline.compare", "distill": "fcagent.pipeline.distill",
+    "evaluate_traffic": "fcagent.pipeline.traffic", "distill_traffic": "fcagent.pipeline.distill_traffic",
+    "Gate": "fcagent.pipeline.promotion", "promote": "fcagent.pipeline.promotion",
+    "record_demo_traffic": "fcagent.pipeline.demo_traffic",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -78,10 +81,14 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from fcagent.models.local.constrained import Constrainer, call_schema
     from fcagent.models.spec import ModelSpec
     from fcagent.pipeline.compare import compare_seeds
+    from fcagent.pipeline.demo_traffic import record_demo_traffic
     from fcagent.pipeline.distill import distill
+    from fcagent.pipeline.distill_traffic import distill_traffic
     from fcagent.pipeline.evaluate import evaluate
     from fcagent.pipeline.harvest import harvest
+    from fcagent.pipeline.promotion import Gate, promote
     from fcagent.pipeline.replay import replay
+    from fcagent.pipeline.traffic import evaluate_traffic
     from fcagent.routing.check import StudentCheck
     from fcagent.routing.middleware import StudentMiddleware
     from fcagent.tasks import Problem, Task, Verdict, get_task
