@@ -30,6 +30,7 @@ def main() -> None:
         export_scale,
         generation,
         redaction,
+        serve_hostile,
         shadow,
         stages,
         store_writers,
@@ -51,6 +52,7 @@ def main() -> None:
         "constrained": lambda: constrained.run(problems=5 if args.quick else 20),
         "redaction": lambda: redaction.run(mb=0.25 if args.quick else 1.0),
         "shadow": lambda: shadow.run(rounds=1 if args.quick else 3, requests=6 if args.quick else 12),
+        "serve_hostile": lambda: serve_hostile.run(rounds=1 if args.quick else 3, requests=4 if args.quick else 8),
     }
     if args.stages:
         plan["stages"] = stages.run
@@ -134,6 +136,11 @@ def main() -> None:
                      f"{sh['shadow']['submitted']} calls shadowed, {sh['shadow']['dropped']} dropped) | "
                      f"{sh['teacher_with_shadow']['p50_ms']} ms | without {sh['teacher_only']['p50_ms']} ms | "
                      f"{sh['p50_ratio_with_over_without']:.3f}x |")
+    if "serve_hostile" in results:
+        h = results["serve_hostile"]
+        lines.append(f"| a client's reply latency p50 while another sends hostile requests ({h['hostile_requests_sent']} "
+                     f"sent, every one refused with a 4xx: {h['every_hostile_request_refused']}) | {h['under_attack']['p50_s']} s | "
+                     f"alone {h['alone']['p50_s']} s | {h['p50_ratio_under_attack']:.3f}x |")
     if "stages" in results:
         st = results["stages"]
         lines.append(f"| `distill --preset quick` end to end | {st['total_seconds'] / 60:.1f} min "
