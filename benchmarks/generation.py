@@ -8,12 +8,16 @@ prompt text) and the same sampling settings this measures completion tokens/s fo
 - `raw_generate`: `hf_model.generate(num_return_sequences=K)` on the same ids (no framework: the
   overhead ratio of LangChain callbacks, rendering and parsing);
 - `fcagent_concurrent`: the P prompts in flight from P threads, n=K each, combined into one batch;
+- `llama_cpp_runtime_batched` / `llama_cpp_runtime_concurrent`: the same two calls on fcagent's
+  llama.cpp runtime (`bundled:smollm2-135m?runtime=llama.cpp`: the same chat model, its GGUF decoded
+  by llama.cpp as batched sequences);
 - `llama_cpp`: llama-cpp-python on the same GGUF file, K sequential completions (its single-stream
-  rate: what a user who runs the model with llama.cpp gets). Skipped, with the reason, when the
-  package is not installed. Its AMX path segfaults on this CPU (llama.cpp issue #20824), so the
-  model loads with `use_extra_bufts=False`.
+  rate: what a user who runs the model with llama.cpp gets). Its AMX path segfaults on this CPU
+  (llama.cpp issue #20824), so the model loads with `use_extra_bufts=False`, as fcagent's runtime does.
 
-    python -m benchmarks.generation [--prompts 6 --k 4 --max-new 48]
+The llama.cpp rows are skipped, with the reason, when llama-cpp-python is not installed.
+
+    python -m benchmarks.generation [--prompts 6 --k 4 --max-new 48 --out benchmarks/generation.json]
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ def _llama_cpp(texts: list[str], k: int, max_new: int, temperature: float, threa
     try:
         import llama_cpp
     except ImportError as exc:
-        return {"skipped": f"llama-cpp-python is not installed ({exc}); `pip install 'fcagent[bench]'` builds it "
-                           "from source (~4 min on 2 cores)"}
+        return {"skipped": f"llama-cpp-python is not installed ({exc}); `pip install 'fcagent[llama-cpp]'` builds "
+                           "it from source (~4 min on 2 cores)"}
     from fcagent.models.bundled import bundled_gguf_path
 
     with _no_extra_buffer_types(llama_cpp.llama_cpp):
@@ -99,8 +103,8 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
                                "mean_prompt_tokens": round(sum(len(chat.tokenizer(t)["input_ids"]) for t in texts) / len(texts)),
                                "threads": torch.get_num_threads()}
 
-    def tally(name: str, fn) -> None:
-        chat._prefix_cache.clear()
+    def tally(name: str, fn, model=chat) -> None:
+        model.clear_prompt_cache()
         torch.manual_seed(0)
         started = time.perf_counter()
         tokens, completions = fn()
@@ -116,10 +120,10 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
 
     chat.generate([cases[0]])  # warm-up
 
-    def batched():
+    def batched(model=chat):
         t = c = 0
         for messages in cases:
-            a, b = usage(chat.generate([messages], n=k))
+            a, b = usage(model.generate([messages], n=k))
             t, c = t + a, c + b
         return t, c
 
@@ -145,10 +149,10 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
                 c += 1
         return t, c
 
-    def concurrent():
+    def concurrent(model=chat):
         # A new instance sharing the weights: model_copy() would share the 8-row queue as well.
-        fields = {name: getattr(chat, name) for name in type(chat).model_fields}
-        wide = type(chat)(**fields | {"max_batch_rows": len(cases) * k})
+        fields = {name: getattr(model, name) for name in type(model).model_fields}
+        wide = type(model)(**fields | {"max_batch_rows": len(cases) * k})
         with ThreadPoolExecutor(max_workers=len(cases)) as pool:
             parts = list(pool.map(lambda messages: usage(wide.generate([messages], n=k)), cases))
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
@@ -157,17 +161,36 @@ def run(prompts: int = 6, k: int = 4, max_new: int = 48, temperature: float = 0.
     tally("fcagent_sequential", sequential)
     tally("raw_generate", raw)
     tally("fcagent_concurrent", concurrent)
-    results["llama_cpp"] = (_llama_cpp(texts, k, max_new, temperature, torch.get_num_threads()) if with_llama_cpp
-                            else {"skipped": "with_llama_cpp=False"})
-    print("llama_cpp", json.dumps(results["llama_cpp"]), flush=True)
     rate = {name: results[name]["tokens_per_second"] for name in
             ("fcagent_batched", "fcagent_sequential", "raw_generate", "fcagent_concurrent")}
     results["batched_over_sequential"] = round(rate["fcagent_batched"] / rate["fcagent_sequential"], 2)
     results["fcagent_batched_over_raw_generate"] = round(rate["fcagent_batched"] / rate["raw_generate"], 2)
     results["concurrent_over_batched"] = round(rate["fcagent_concurrent"] / rate["fcagent_batched"], 2)
-    if "tokens_per_second" in results["llama_cpp"]:
-        best = max(rate["fcagent_batched"], rate["fcagent_concurrent"])
-        results["harvest_over_llama_cpp_single_stream"] = round(best / results["llama_cpp"]["tokens_per_second"], 2)
+    if not with_llama_cpp:
+        results["llama_cpp"] = {"skipped": "with_llama_cpp=False"}
+        return results
+    results["llama_cpp"] = _llama_cpp(texts, k, max_new, temperature, torch.get_num_threads())
+    print("llama_cpp", json.dumps(results["llama_cpp"]), flush=True)
+    if "skipped" in results["llama_cpp"]:
+        return results
+    gguf_chat = load_chat_model("bundled:smollm2-135m?runtime=llama.cpp", max_new_tokens=max_new,
+                                temperature=temperature, stop_at_call_end=False, stop_sequences=[])
+    assert [gguf_chat.render(m) for m in cases] == texts  # the same prompts, token for token
+    gguf_chat.generate([cases[0]])  # warm-up
+    tally("llama_cpp_runtime_batched", lambda: batched(gguf_chat), gguf_chat)
+    tally("llama_cpp_runtime_concurrent", lambda: concurrent(gguf_chat), gguf_chat)
+    single = results["llama_cpp"]["tokens_per_second"]
+    rate |= {name: results[name]["tokens_per_second"] for name in
+             ("llama_cpp_runtime_batched", "llama_cpp_runtime_concurrent")}
+    best_transformers = max(rate["fcagent_batched"], rate["fcagent_concurrent"])
+    best_llama = max(rate["llama_cpp_runtime_batched"], rate["llama_cpp_runtime_concurrent"])
+    results["harvest_over_llama_cpp_single_stream"] = round(best_transformers / single, 2)
+    results["llama_cpp_runtime_over_transformers_batched"] = round(
+        rate["llama_cpp_runtime_batched"] / rate["fcagent_batched"], 2)
+    results["llama_cpp_runtime_over_transformers_concurrent"] = round(
+        rate["llama_cpp_runtime_concurrent"] / rate["fcagent_concurrent"], 2)
+    results["llama_cpp_runtime_over_transformers_best"] = round(best_llama / best_transformers, 2)
+    results["llama_cpp_runtime_over_raw_llama_cpp"] = round(best_llama / single, 2)
     return results
 
 
@@ -176,8 +199,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-new", type=int, default=48)
+    parser.add_argument("--out", default=None, help="Also write the results here (JSON).")
     args = parser.parse_args()
-    print(json.dumps(run(args.prompts, args.k, args.max_new), indent=2))
+    text = json.dumps(run(args.prompts, args.k, args.max_new), indent=2)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

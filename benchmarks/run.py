@@ -103,6 +103,17 @@ def main() -> None:
         best = max(g["fcagent_batched"]["tokens_per_second"], g["fcagent_concurrent"]["tokens_per_second"])
         lines.append(f"| harvest rate vs llama-cpp-python {g['llama_cpp']['version']} single stream (same GGUF, prompts) | "
                      f"{best} tok/s | {g['llama_cpp']['tokens_per_second']} tok/s | {g['harvest_over_llama_cpp_single_stream']:.2f}x |")
+        if "llama_cpp_runtime_batched" in g:
+            fast = max(g["llama_cpp_runtime_batched"]["tokens_per_second"], g["llama_cpp_runtime_concurrent"]["tokens_per_second"])
+            lines.append(f"| candidates on the llama.cpp runtime (`?runtime=llama.cpp`) vs the transformers runtime, {k} per "
+                         f"call / {g['prompts']} contexts in flight | {g['llama_cpp_runtime_batched']['tokens_per_second']} / "
+                         f"{g['llama_cpp_runtime_concurrent']['tokens_per_second']} tok/s | "
+                         f"{g['fcagent_batched']['tokens_per_second']} / {g['fcagent_concurrent']['tokens_per_second']} tok/s | "
+                         f"{g['llama_cpp_runtime_over_transformers_batched']:.2f}x / "
+                         f"{g['llama_cpp_runtime_over_transformers_concurrent']:.2f}x |")
+            lines.append(f"| harvest rate on the llama.cpp runtime vs llama-cpp-python {g['llama_cpp']['version']} single "
+                         f"stream (same GGUF, prompts) | {fast} tok/s | {g['llama_cpp']['tokens_per_second']} tok/s | "
+                         f"{g['llama_cpp_runtime_over_raw_llama_cpp']:.2f}x |")
     else:
         lines.append(f"| harvest rate vs llama-cpp-python | skipped: {g['llama_cpp']['skipped']} | – | – |")
     c = results["student_cost"]

@@ -13,7 +13,12 @@ Three runs of the same request list:
 Reported per run: completion tokens/s over the whole run, requests/s, and latency p50/p95 per
 request. The ratios say what batching buys under concurrency and what one client would wait.
 
-    python -m benchmarks.serve [--requests 32 --clients 8 --max-tokens 48]
+The three runs are made for each runtime (`--runtimes transformers,llama.cpp`: the same chat model,
+its tokens decoded by transformers or by llama.cpp from the GGUF), in one process, so the ratio
+between runtimes holds whatever else the machine is doing. Every request must be answered, and each
+runtime's greedy replies must be the same whatever the batching (`identical_across_batching`).
+
+    python -m benchmarks.serve [--requests 32 --clients 8 --max-tokens 48 --runtimes transformers,llama.cpp]
 """
 
 from __future__ import annotations
@@ -36,15 +41,18 @@ def _requests(n: int, max_tokens: int) -> list[dict[str, Any]]:
             for p in task.load(split="test", limit=n)]
 
 
-def _load(url: str, requests: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+def _load(url: str, requests: list[dict[str, Any]], clients: int) -> tuple[dict[str, Any], list[Any]]:
     import httpx
 
-    def one(body: dict[str, Any]) -> tuple[float, int]:
+    def one(body: dict[str, Any]) -> tuple[float, int, Any]:
         started = time.perf_counter()
         with httpx.Client(timeout=600) as client:
             reply = client.post(f"{url}/v1/chat/completions", json=body)
         reply.raise_for_status()
-        return time.perf_counter() - started, reply.json()["usage"]["completion_tokens"]
+        data = reply.json()
+        message = data["choices"][0]["message"]
+        return time.perf_counter() - started, data["usage"]["completion_tokens"], \
+            [message.get("content"), message.get("tool_calls") and [c["function"] for c in message["tool_calls"]]]
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -52,13 +60,16 @@ def _load(url: str, requests: list[dict[str, Any]], clients: int) -> dict[str, A
     seconds = time.perf_counter() - started
     latencies = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
-    return {"clients": clients, "requests": len(requests), "completion_tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_second": round(tokens / seconds, 1), "requests_per_second": round(len(requests) / seconds, 3),
+    return {"clients": clients, "requests": len(requests), "answered": len(results), "completion_tokens": tokens,
+            "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1),
+            "requests_per_second": round(len(requests) / seconds, 3),
             "latency_p50_s": round(statistics.median(latencies), 2),
-            "latency_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}
+            "latency_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2)}, \
+        [r[2] for r in results]
 
 
-def run(requests: int = 32, clients: int = 8, max_tokens: int = 48) -> dict[str, Any]:
+def run(requests: int = 32, clients: int = 8, max_tokens: int = 48,
+        runtimes: tuple[str, ...] = ("transformers", "llama.cpp")) -> dict[str, Any]:
     import torch
 
     from fcagent.models.loading import load_chat_model
@@ -68,20 +79,32 @@ def run(requests: int = 32, clients: int = 8, max_tokens: int = 48) -> dict[str,
     results: dict[str, Any] = {"requests": requests, "clients": clients, "max_tokens": max_tokens,
                                "model": "bundled:smollm2-135m", "threads": torch.get_num_threads()}
     plan = [("one_client", 1, clients), ("concurrent", clients, clients), ("concurrent_unbatched", clients, 1)]
-    for name, n_clients, batch_rows in plan:
-        # A model per run: its own batching queue and prompt cache (nothing warm carries over).
-        student = load_chat_model("bundled:smollm2-135m", max_batch_rows=batch_rows)
-        app = create_app(student, settings=ServeSettings(model_name="student"))
-        with background_server(app) as url:
-            _load(url, bodies[:2], 1)  # warm-up: first-call allocations, the tool prompt's template
-            student._prefix_cache.clear()
-            before = student._batcher.batches
-            results[name] = _load(url, bodies, n_clients) | {"max_batch_rows": batch_rows,
-                                                             "batches": student._batcher.batches - before}
-        print(name, json.dumps(results[name]), flush=True)
-    rate = {name: results[name]["tokens_per_second"] for name, _, _ in plan}
-    results["concurrent_over_one_client"] = round(rate["concurrent"] / rate["one_client"], 2)
-    results["batched_over_unbatched"] = round(rate["concurrent"] / rate["concurrent_unbatched"], 2)
+    for runtime in runtimes:
+        replies: dict[str, list[Any]] = {}
+        section: dict[str, Any] = {}
+        for name, n_clients, batch_rows in plan:
+            # A model per run: its own batching queue and prompt cache (nothing warm carries over).
+            student = load_chat_model(f"bundled:smollm2-135m?runtime={runtime}", max_batch_rows=batch_rows)
+            app = create_app(student, settings=ServeSettings(model_name="student"))
+            with background_server(app) as url:
+                _load(url, bodies[:2], 1)  # warm-up: first-call allocations, the tool prompt's template
+                student.clear_prompt_cache()
+                before = student._batcher.batches
+                section[name], replies[name] = _load(url, bodies, n_clients)
+                section[name] |= {"max_batch_rows": batch_rows, "batches": student._batcher.batches - before}
+            print(runtime, name, json.dumps(section[name]), flush=True)
+        rate = {name: section[name]["tokens_per_second"] for name, _, _ in plan}
+        section["concurrent_over_one_client"] = round(rate["concurrent"] / rate["one_client"], 2)
+        section["batched_over_unbatched"] = round(rate["concurrent"] / rate["concurrent_unbatched"], 2)
+        section["identical_across_batching"] = replies["one_client"] == replies["concurrent"] == \
+            replies["concurrent_unbatched"]
+        section["every_request_answered"] = all(section[name]["answered"] == requests for name, _, _ in plan)
+        results[runtime] = section
+    if len(runtimes) == 2:
+        a, b = (results[r]["concurrent"]["tokens_per_second"] for r in runtimes)
+        results[f"{runtimes[1]}_over_{runtimes[0]}_concurrent"] = round(b / a, 2)
+        a, b = (results[r]["one_client"]["tokens_per_second"] for r in runtimes)
+        results[f"{runtimes[1]}_over_{runtimes[0]}_one_client"] = round(b / a, 2)
     return results
 
 
@@ -90,9 +113,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--runtimes", default="transformers,llama.cpp", help="Comma-separated, compared in one run.")
     parser.add_argument("--out", default=None, help="Also write the results here (JSON).")
     args = parser.parse_args()
-    results = run(args.requests, args.clients, args.max_tokens)
+    results = run(args.requests, args.clients, args.max_tokens, tuple(args.runtimes.split(",")))
     text = json.dumps(results, indent=2)
     if args.out:
         from pathlib import Path

@@ -1,4 +1,5 @@
-"""LangChain's standard tests (`langchain-tests`) on `LocalChatModel` with the bundled SmolLM2-135M.
+"""LangChain's standard tests (`langchain-tests`) on `LocalChatModel` with the bundled SmolLM2-135M, on
+both runtimes: transformers, and llama.cpp decoding the same model's GGUF (`?runtime=llama.cpp`).
 
 Every test runs. The ones that fail only because a 135M model answers badly are marked `xfail` with the
 reason; nothing else may fail.
@@ -79,3 +80,34 @@ class TestLocalChatModelIntegration(_Params, ChatModelIntegrationTests):
                               "out a field the prompt asks for")
     test_agent_loop = _quality("test_agent_loop", "asked without a forced call, the 135M model answers in words "
                                "instead of calling the tool")
+
+
+@cache
+def _gguf():
+    from fcagent.models.loading import load_chat_model
+
+    model = load_chat_model("bundled:smollm2-135m?runtime=llama.cpp")
+    return model.engine, model.tokenizer
+
+
+class _LlamaCppParams(_Params):
+    @property
+    def chat_model_params(self) -> dict:
+        pytest.importorskip("llama_cpp", reason="the llama.cpp runtime needs the `llama-cpp` extra")
+        engine, tokenizer = _gguf()
+        return {"model_name": "bundled:smollm2-135m?runtime=llama.cpp", "runtime": "llama.cpp", "engine": engine,
+                "tokenizer": tokenizer, "max_new_tokens": 256}
+
+
+class TestLlamaCppChatModelUnit(_LlamaCppParams, ChatModelUnitTests):
+    pass
+
+
+class TestLlamaCppChatModelIntegration(_LlamaCppParams, ChatModelIntegrationTests):
+    test_structured_output = _quality("test_structured_output", _RUNS_ON)
+    test_structured_output_async = _quality("test_structured_output_async", _RUNS_ON)
+    test_structured_output_pydantic_2_v1 = _quality("test_structured_output_pydantic_2_v1", _RUNS_ON)
+    test_structured_output_optional_param = _quality("test_structured_output_optional_param", _RUNS_ON)
+    test_unicode_tool_call_integration = _quality("test_unicode_tool_call_integration", _RUNS_ON)
+    test_json_mode = TestLocalChatModelIntegration.test_json_mode
+    test_agent_loop = TestLocalChatModelIntegration.test_agent_loop

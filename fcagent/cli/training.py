@@ -1,7 +1,9 @@
-"""`fcagent train` and `fcagent soup`: a student from exported rows, and students averaged into one."""
+"""`fcagent train`, `fcagent export-gguf` and `fcagent soup`: a student from exported rows, as GGUF, and
+students averaged into one."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,6 +12,11 @@ import typer
 from fcagent.cli.app import app, console
 from fcagent.cli.options import DEFAULT_MODEL, MODEL_HELP, MethodChoice
 from fcagent.core.errors import UserError
+
+
+class GgufChoice(str, Enum):
+    f16 = "f16"
+    q8_0 = "q8_0"
 
 
 @app.command("train")
@@ -26,6 +33,9 @@ def train_cmd(pairs: Annotated[Path, typer.Option(help="Export folder (pairs.jso
                                                           "and the order of the batches (default 0).")] = None,
               config: Annotated[Optional[Path], typer.Option(help="YAML file of TrainSettings fields (lora: for LoRA).")] = None,
               merge: Annotated[bool, typer.Option(help="Also write a merged model that loads with plain transformers.")] = False,
+              gguf: Annotated[Optional[GgufChoice], typer.Option(
+                  help="Also export the student as GGUF of this type for the llama.cpp runtime and Ollama "
+                  "(as `fcagent export-gguf`).")] = None,
               trl_defaults: Annotated[bool, typer.Option(help="TRL's own defaults, for comparison.")] = False) -> None:
     """Train the student with TRL (SFT, DPO, RPO, SFT then DPO) and a LoRA adapter."""
     from fcagent.training.settings import LoraSettings, TrainSettings
@@ -43,6 +53,21 @@ def train_cmd(pairs: Annotated[Path, typer.Option(help="Export folder (pairs.jso
         fields["trl_defaults"] = True
     result = train(pairs, model, out, settings=TrainSettings(**fields), lora=LoraSettings(**lora), merge=merge)
     console.print(result.model_dump(mode="json"))
+    if gguf is not None:
+        from fcagent.training.gguf import export_gguf
+
+        console.print(export_gguf(out, gguf.value).model_dump(mode="json"))
+
+
+@app.command("export-gguf")
+def export_gguf_cmd(run: Annotated[Path, typer.Argument(help="A trained run folder (fcagent_run.json).")],
+                    type_: Annotated[GgufChoice, typer.Option("--type", help="f16, or q8_0 (8-bit, about half the "
+                                                              "size).")] = GgufChoice.q8_0) -> None:
+    """Export a trained student as GGUF (adapters merged, llama.cpp's converter) for the llama.cpp runtime
+    (`-m RUN?runtime=llama.cpp`) and Ollama (the Modelfile written beside it)."""
+    from fcagent.training.gguf import export_gguf
+
+    console.print(export_gguf(run, type_.value).model_dump(mode="json"))
 
 
 def read_train_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field
 
 from fcagent.core.errors import UserError
 
-__all__ = ["BundledModel", "BUNDLED", "cache_dir", "bundled_gguf_path", "bundled_model_dir", "verify_gguf"]
+__all__ = ["BundledModel", "BUNDLED", "cache_dir", "bundled_gguf_path", "bundled_model_dir", "bundled_tokenizer_dir",
+           "verify_gguf"]
 
 
 class GgufPart(BaseModel):
@@ -165,6 +166,28 @@ def bundled_model_dir(name: str) -> Path:
     tokenizer.save_pretrained(tmp)
     try:
         tmp.rename(target)  # atomic: a concurrent first use finds a complete folder or none
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def bundled_tokenizer_dir(name: str) -> Path:
+    """The bundled model's tokenizer (and chat template), for a runtime that reads the GGUF itself: the
+    checkpoint's when it was made, else read from the GGUF alone (no weights dequantised) and cached."""
+    if (cache_dir() / "models" / name / "config.json").exists():
+        return cache_dir() / "models" / name
+    target = cache_dir() / "tokenizers" / name
+    if (target / "tokenizer_config.json").exists():
+        return target
+    gguf = bundled_gguf_path(name)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)  # as `bundled_model_dir` does
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic, as above
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

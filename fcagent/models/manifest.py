@@ -31,6 +31,9 @@ class RunManifest(BaseModel):
     adapters: list[str] = Field(default_factory=lambda: ["adapter"])
     adapter_sha256: dict[str, str] = Field(default_factory=dict)
     merged_sha256: str | None = None
+    gguf_sha256: dict[str, str] = Field(default_factory=dict, description="The student as GGUF for the llama.cpp "
+                                        "runtime (`fcagent export-gguf`): each file's path in the run folder, its "
+                                        "sha256.")
     prompt_style: PromptStyle | None = None
 
 

@@ -50,6 +50,7 @@ from fcagent.training.callbacks import (
     adapter_digest,
     plot_metrics,
 )
+from fcagent.training.gguf import remove_export
 from fcagent.training.settings import (
     PAIR_METHODS,
     PREFERENCE_METHODS,
@@ -293,7 +294,7 @@ def _construct_and_train(kind: str, model: Any, tokenizer: Any, data: Any, args:
 
 # What a run writes into its folder: a folder holding anything else is not a run folder.
 _RUN_OUTPUTS = frozenset({RUN_MANIFEST, "metrics.jsonl", "metrics.json", "training.png", "trainer", "epochs",
-                          "adapter", "sft_adapter", "merged"})
+                          "adapter", "sft_adapter", "merged", "gguf"})
 
 
 def _refuse_foreign_folder(out: Path) -> None:
@@ -329,6 +330,7 @@ def train(pairs: str | Path, student: str, output_dir: str | Path, *, settings: 
     _refuse_foreign_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
+    remove_export(out)  # a GGUF of the run trained before holds other weights
     torch.manual_seed(settings.seed)
     kind = ExportKind.DPO if settings.method in PAIR_METHODS else ExportKind.SFT
     prompt_style = settings.prompt_style or ExportLayout.of(pairs).prompt_style(kind)

@@ -9,7 +9,12 @@ LangChain agent (`create_agent`) as a native tool-calling model.
 Five jobs, five modules: this LangChain wrapper (prompt, settings, the reply as a message),
 `replies` (tool choice, response formats, reading a reply), `batching` (concurrent calls combined into
 one batch), `prefix_cache` (prompt KV caches reused across an episode's steps) and `generation` (the
-decode itself).
+decode itself, and what its runtimes share).
+
+**Two runtimes, one model.** The tokens are decoded by transformers (`hf_model`, `generation.Generator`)
+or by llama.cpp from a GGUF (`engine`, `llama_cpp.LlamaCppEngine`; `?runtime=llama.cpp` in a spec).
+Only that step differs: the prompt, tool choice, the call grammar, stop rules, streaming and reading
+the reply are this class's and `generation`'s, one implementation for both.
 
 **One decode path.** `invoke`, `batch`, `stream` and every kind of callback streaming plan a call the
 same way (`_plan`) and decode it the same way (`decode`). `_generate` hands the reply's text to
@@ -106,8 +111,14 @@ class LocalChatModel(BaseChatModel):
         default=False, description="Remove from a reply's calls every optional string argument whose value no "
         "user message or tool result states, so the function's default applies (see "
         "`fcagent.core.calls.drop_ungrounded_arguments`). Off: the calls are the model's own.")
+    runtime: Literal["transformers", "llama.cpp"] = Field(
+        default="transformers", description="What decodes the tokens: transformers, or llama.cpp from the model's "
+        "GGUF (a bundled model's, or a run folder's from `fcagent export-gguf`). Set when the model is loaded.")
+    gguf: Literal["q8_0", "f16"] | None = Field(default=None, description="Which of a run folder's GGUF files the "
+                                                "llama.cpp runtime loads (default: q8_0 if exported, else f16).")
     hf_model: Any = Field(default=None, exclude=True)
     tokenizer: Any = Field(default=None, exclude=True)
+    engine: Any = Field(default=None, exclude=True, description="The llama.cpp runtime's `LlamaCppEngine`.")
     # Shared by model_copy()s (a shallow copy): one model in memory, one queue, one prompt cache.
     _batcher: Any = PrivateAttr(default=None)
     _prefix_cache: Any = PrivateAttr(default=None)
@@ -132,7 +143,8 @@ class LocalChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
+        return {"model_name": self.model_name, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
+                "runtime": self.runtime}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(ls_provider="fcagent", ls_model_name=kwargs.get("model", self.model_name),
@@ -201,16 +213,25 @@ class LocalChatModel(BaseChatModel):
         return self._constrainers[backend]
 
     def _run_batch(self, requests: list[DecodeRequest]) -> list[Decoded]:
+        if self.engine is not None:
+            return self.engine.run(requests, self._constrainer)
         # A Generator per batch: a trained run swaps `hf_model` in after loading.
         return Generator(self.hf_model, self.tokenizer, prefix_cache=self._prefix_cache,
                          constrainer=self._constrainer).run(requests)
+
+    def clear_prompt_cache(self) -> None:
+        """Forget the prompts kept for prefix reuse (benchmarks start cold)."""
+        if self.engine is not None:
+            self.engine.clear()
+        self._prefix_cache.clear()
 
     def decode(self, request: DecodeRequest) -> Decoded:
         """Decode one request, batched with whatever compatible requests other threads have queued
         (equal settings, hence the same number of candidates and the same stop rules, on the same
         weights and prompt cache: copies of a model share its queue). A decode that raised is tried
         again `max_retries` times."""
-        key = (request.settings, id(self.hf_model), id(self._prefix_cache))
+        weights = self.engine if self.engine is not None else self.hf_model
+        key = (request.settings, id(weights), id(self._prefix_cache))
         for attempt in range(self.max_retries + 1):
             try:
                 return self._batcher.submit((self, request), key=key, rows=request.settings.n)

@@ -160,28 +160,39 @@ class Constrainer:
             return bool(m.consume_tokens(self._ll.tokenize_str(text)) and (m.is_accepting() or not complete))
         return bool(m.accept_string(text) and (m.is_completed() or not complete))
 
+    def allowed(self, rows: list[_Row]) -> tuple[Any, list[bool]]:
+        """Each row's allowed next tokens, as a numpy bool array (rows x vocab), and whether the row is
+        still constrained (a finished or refused row is not: its line of the array means nothing). Both
+        runtimes mask with this."""
+        import numpy as np
+        import torch
+
+        words = (self.vocab_size + 31) // 32
+        bitmask = np.full((len(rows), words), -1, dtype=np.int32)
+        view = torch.from_numpy(bitmask)  # the matchers fill a torch tensor; it shares the array's memory
+        active = [row.fill(view, i) for i, row in enumerate(rows)]
+        bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")  # token 32*w + b = bit b of word w
+        return bits[:, :self.vocab_size].astype(bool), active
+
     def processor(self, rows: list[_Row], prompt_width: int) -> Any:
         """A transformers LogitsProcessor masking each batch row with its own matcher."""
         import torch
         from transformers import LogitsProcessor
 
+        allowed_of = self.allowed
         vocab = self.vocab_size
-        words = (vocab + 31) // 32
-        shifts = torch.arange(32, dtype=torch.int32)
 
         class CallGrammarProcessor(LogitsProcessor):
             def __call__(self, input_ids: Any, scores: Any) -> Any:
                 if input_ids.shape[1] > prompt_width:  # a token was sampled since the last call
                     for row, token in zip(rows, input_ids[:, -1].tolist()):
                         row.accept(token)
-                bitmask = torch.full((len(rows), words), -1, dtype=torch.int32)
-                active = [row.fill(bitmask, i) for i, row in enumerate(rows)]
+                allowed, active = allowed_of(rows)
                 if not any(active):
                     return scores
-                allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).bool().view(len(rows), -1)[:, :vocab]
                 mask = torch.zeros_like(scores, dtype=torch.bool)
                 width = min(vocab, scores.shape[1])
-                mask[:, :width] = ~allowed[:, :width]
+                mask[:, :width] = ~torch.from_numpy(allowed[:, :width])
                 mask[:, vocab:] = True  # padding rows of the embedding are never a token
                 mask[[i for i, a in enumerate(active) if not a]] = False
                 return scores.masked_fill(mask, float("-inf"))

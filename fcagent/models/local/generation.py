@@ -20,7 +20,8 @@ from typing import Any
 from fcagent.models.local.constrained import call_schema
 from fcagent.models.local.prefix_cache import kv_cache_argument
 
-__all__ = ["DecodeSettings", "DecodeRequest", "Decoded", "Generator", "call_end", "finish_text"]
+__all__ = ["DecodeSettings", "DecodeRequest", "Decoded", "Generator", "RowText", "call_end", "collect",
+           "finish_text", "reply_complete", "token_logprob"]
 
 
 def call_end(text: str) -> int | None:
@@ -123,46 +124,99 @@ class Decoded:
     logprobs: list[list[dict[str, Any]]] | None = None  # per candidate, per token (OpenAI's `logprobs.content`)
 
 
-class _RowStreamer:
-    """A transformers streamer over a whole batch: hands each row's new text to its request's sink."""
+class RowText:
+    """Each row's decoded tokens, and its text handed to its request's sink as it grows: the pieces
+    come from `finish` over the tokens so far, minus what could still become a stop string, so they
+    always add up to the final text. Both runtimes feed it."""
 
     def __init__(self, tokenizer: Any, sinks: list[tuple[Callable[[int, str], None], int] | None],
-                 finish: Callable[[str], str], stop: tuple[str, ...], eos: set[int]):
+                 finish: Callable[[str], str], stop: tuple[str, ...]):
         self.tokenizer = tokenizer
         self.sinks = sinks  # per row: (sink, candidate index) or None
         self.finish = finish
         self.stop = stop
-        self.eos = eos
         self.tokens: list[list[int]] = [[] for _ in sinks]
-        self.ended = [False] * len(sinks)
         self.sent = [0] * len(sinks)
+
+    def text(self, row: int) -> str:
+        """The row's reply so far (cut at a stop string, or where its call closed)."""
+        return self.finish(self.tokenizer.decode(self.tokens[row], skip_special_tokens=True))
+
+    def add(self, row: int, token: int) -> str:
+        """Append a decoded token; streams what is safe to send; the raw decoded text so far."""
+        self.tokens[row].append(token)
+        raw = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        if self.sinks[row] is not None:
+            self._emit(row, self.finish(raw), final=False)
+        return raw
+
+    def close(self, row: int, tokens: list[int]) -> str:
+        """The row's final tokens: sends what was held back; its reply text."""
+        self.tokens[row] = list(tokens)
+        text = self.text(row)
+        if self.sinks[row] is not None:
+            self._emit(row, text, final=True)
+        return text
+
+    def _emit(self, row: int, text: str, *, final: bool) -> None:
+        safe = len(text) if final else len(text) - _held_back(text, self.stop)
+        if safe > self.sent[row]:
+            sink, index = self.sinks[row]  # type: ignore[misc]
+            sink(index, text[self.sent[row]:safe])
+            self.sent[row] = safe
+
+
+class _GenerateStreamer:
+    """A transformers streamer over a whole batch: each new column of tokens goes to `RowText`."""
+
+    def __init__(self, rows: RowText, eos: set[int]):
+        self.rows = rows
+        self.eos = eos
+        self.ended = [False] * len(rows.sinks)
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt
             self._prompt_seen = True
             return
-        column = value.reshape(len(self.sinks), -1)
+        column = value.reshape(len(self.ended), -1)
         for row, ids in enumerate(column.tolist()):
-            if self.ended[row] or self.sinks[row] is None:
+            if self.ended[row] or self.rows.sinks[row] is None:
                 continue
             for t in ids:
                 if t in self.eos:
                     self.ended[row] = True
                     break
-                self.tokens[row].append(t)
-            self._emit(row, final=False)
+                self.rows.add(row, t)
 
     def end(self) -> None:
         pass  # the caller sends each row's remainder from the final text
 
-    def _emit(self, row: int, *, final: bool) -> None:
-        text = self.finish(self.tokenizer.decode(self.tokens[row], skip_special_tokens=True))
-        safe = len(text) if final else len(text) - _held_back(text, self.stop)
-        if safe > self.sent[row]:
-            sink, index = self.sinks[row]  # type: ignore[misc]
-            sink(index, text[self.sent[row]:safe])
-            self.sent[row] = safe
+
+def reply_complete(raw: str, settings: DecodeSettings) -> bool:
+    """Whether decoding of a row can stop: a stop string has appeared, or the call it opened has closed."""
+    if any(s in raw for s in settings.stop):
+        return True
+    return settings.stop_at_call_end and call_end(settings.prefix + raw) is not None
+
+
+def collect(rows: RowText, tokens: list[list[int]], truncated: list[bool], ns: list[int], prompt_lens: list[int],
+            logprobs: list[list[dict[str, Any]]] | None) -> list[Decoded]:
+    """Each request's `Decoded` from its rows' final tokens (end tokens already cut), in order."""
+    texts = [rows.close(row, row_tokens) for row, row_tokens in enumerate(tokens)]
+    results, at = [], 0
+    for n, plen in zip(ns, prompt_lens):
+        results.append(Decoded(texts=texts[at:at + n], prompt_tokens=int(plen),
+                               completion_tokens=[len(t) for t in tokens[at:at + n]], truncated=truncated[at:at + n],
+                               logprobs=logprobs[at:at + n] if logprobs is not None else None))
+        at += n
+    return results
+
+
+def token_logprob(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
+    """One token's entry in OpenAI's `logprobs.content` shape."""
+    text = tokenizer.decode([token_id])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
 
 class Generator:
@@ -240,10 +294,9 @@ class Generator:
             return finish_text(raw, stop=settings.stop, prefix=settings.prefix, stop_at_call_end=settings.stop_at_call_end)
 
         sinks = [(r.sink, i) if r.sink is not None else None for r, n in zip(requests, ns) for i in range(n)]
-        streamer = None
+        rows = RowText(tok, sinks, finish, settings.stop)
         if any(sinks):
-            streamer = _RowStreamer(tok, sinks, finish, settings.stop, eos)
-            gen["streamer"] = streamer
+            gen["streamer"] = _GenerateStreamer(rows, eos)
         started = time.perf_counter()
         with torch.inference_mode():
             if settings.seed is not None:
@@ -279,34 +332,20 @@ class Generator:
         out = getattr(out, "sequences", out)
         # Stopped by `timeout_s`: rows that had not ended (no end token) were cut, as at the token limit.
         timed_out = settings.timeout_s is not None and time.perf_counter() - started >= settings.timeout_s
-        texts, counts, cut_short = [], [], []
-        for row, tokens in enumerate(out[:, width:].tolist()):
-            cut = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
-            counts.append(cut)
-            cut_short.append(cut >= settings.max_new_tokens or (timed_out and cut == len(tokens)))
-            texts.append(finish(tok.decode(tokens[:cut], skip_special_tokens=True)))
-            if streamer is not None and sinks[row] is not None:
-                streamer.tokens[row] = tokens[:cut]
-                streamer._emit(row, final=True)  # what was held back; the pieces now add up to the text
-        rows_logprobs = _logprobs(tok, out[:, width:], logits, counts, settings.logprobs) \
+        tokens, cut_short = [], []
+        for row_tokens in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row_tokens) if t in eos), len(row_tokens))
+            tokens.append(row_tokens[:cut])
+            cut_short.append(cut >= settings.max_new_tokens or (timed_out and cut == len(row_tokens)))
+        rows_logprobs = _logprobs(tok, out[:, width:], logits, [len(t) for t in tokens], settings.logprobs) \
             if settings.logprobs is not None else None
-        results, at = [], 0
-        for n, plen in zip(ns, prompt_lens):
-            results.append(Decoded(texts=texts[at:at + n], prompt_tokens=int(plen), completion_tokens=counts[at:at + n],
-                                   truncated=cut_short[at:at + n],
-                                   logprobs=rows_logprobs[at:at + n] if rows_logprobs is not None else None))
-            at += n
-        return results
+        return collect(rows, tokens, cut_short, ns, prompt_lens, rows_logprobs)
 
 
 def _logprobs(tok: Any, tokens: Any, logits: Any, counts: list[int], top: int) -> list[list[dict[str, Any]]]:
     """Each row's tokens with their log-probabilities under the model (its own distribution, before any
     grammar mask or temperature) and the `top` likeliest alternatives, in OpenAI's shape."""
     import torch
-
-    def entry(token_id: int, logprob: float) -> dict[str, Any]:
-        text = tok.decode([token_id])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     rows = []
     steps = torch.stack(list(logits), dim=1).float().log_softmax(dim=-1)  # rows x steps x vocab
@@ -315,10 +354,10 @@ def _logprobs(tok: Any, tokens: Any, logits: Any, counts: list[int], top: int) -
         for step in range(min(count, steps.shape[1])):
             dist = steps[row, step]
             chosen = int(tokens[row, step])
-            item = entry(chosen, float(dist[chosen]))
+            item = token_logprob(tok, chosen, float(dist[chosen]))
             if top:
                 values, ids = dist.topk(top)
-                item["top_logprobs"] = [entry(int(i), float(v)) for v, i in zip(values, ids)]
+                item["top_logprobs"] = [token_logprob(tok, int(i), float(v)) for v, i in zip(values, ids)]
             else:
                 item["top_logprobs"] = []
             content.append(item)
