@@ -45,7 +45,8 @@ def main() -> None:
     plan = {
         "tracing": lambda: tracing.run(rounds=4 if args.quick else 12, runs=20 if args.quick else 40),
         "export_scale": lambda: export_scale.run([2_000, 10_000] if args.quick else [10_000, 100_000]),
-        "store_writers": lambda: store_writers.run(800 if args.quick else 4000),
+        "store_writers": lambda: store_writers.run(800 if args.quick else 4000)
+        | {"recorders": store_writers.run_recorders(200 if args.quick else 2000)},
         "generation": lambda: generation.run(prompts=3 if args.quick else 6, k=4, max_new=48),
         "student_cost": lambda: student_cost.run(problems=4 if args.quick else 10),
         "dpo_throughput": lambda: dpo_throughput.run(None, steps=2 if args.quick else 6),
@@ -91,6 +92,19 @@ def main() -> None:
         lines.append(f"| store writes, {w['writers']} {mode} vs 1 writer | {w[mode]['episodes_per_second']} episodes/s "
                      f"(all present: {w[mode]['complete']}) | 1 writer {w['single']['episodes_per_second']} episodes/s | "
                      f"{w[f'{mode}_over_single']:.2f}x |")
+    rec = w.get("recorders", {})
+    if "episodes_per_second" in rec.get("postgresql", {}):
+        pg, lite = rec["postgresql"], rec["sqlite"]
+        lines.append(f"| {rec['writers']} processes × {rec['episodes_per_writer']:,} episodes through TraceRecorder, "
+                     f"PostgreSQL vs SQLite | {pg['episodes_per_second']} episodes/s (each once: {pg['exactly_once']}) "
+                     f"| SQLite {lite['episodes_per_second']} episodes/s (each once: {lite['exactly_once']}) | "
+                     f"{rec['postgresql_over_sqlite_episodes_per_second']:.2f}x |")
+        lines.append(f"| export of those episodes (`traces export`), PostgreSQL vs SQLite | "
+                     f"{pg['export_episodes_per_second']} episodes/s | SQLite {lite['export_episodes_per_second']} "
+                     f"episodes/s | {rec['postgresql_over_sqlite_export_episodes_per_second']:.2f}x |")
+    elif rec:
+        lines.append(f"| {rec['writers']} processes through TraceRecorder into PostgreSQL | skipped: "
+                     f"{rec['postgresql'].get('skipped')} | – | – |")
     g = results["generation"]
     k = g["k"]
     lines.append(f"| candidates: {k} per call (shared prefill) vs {k} sequential calls | {g['fcagent_batched']['tokens_per_second']} tok/s | "

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -43,19 +47,23 @@ def episode(eid: str, *, started_at: float = 1.0, calls: int = 2, good: bool = T
     comps, out_labels = [], []
     for step in range(calls):
         cid = f"{eid}-c{step}"
-        good_reply = {"message": {"role": "assistant", "content": json.dumps({"name": "add", "arguments": {"a": 2, "b": step}})},
+        call = {"name": "add", "arguments": {"a": 2, "b": step}}
+        good_reply = {"message": {"role": "assistant", "content": json.dumps(call)},
                       "calls": [{"name": "add", "args": {"a": 2, "b": step}}]}
         bad_reply = {"message": {"role": "assistant", "content": "no idea"}, "parse_error": "no function call found"}
         comps.append({"id": cid, "episode_id": eid, "seq": step, "model": "m", "protocol": "text", "step": step + 1,
                       "context_hash": f"ctx-{question}-{step}", "messages": list(history), "tools": tools, "params": {},
-                      "candidates": [good_reply, bad_reply] if step == 0 else [good_reply], "usage": {"total_tokens": 7}})
-        out_labels.append({"target_id": cid, "candidate": 1, "success": False, "reason": "no call", "source": "graph",
-                           "kind": "parse_error"} if step == 0 else
-                          {"target_id": cid, "candidate": 0, "success": True, "reason": "valid call", "source": "graph"})
+                      "candidates": [good_reply, bad_reply] if step == 0 else [good_reply],
+                      "usage": {"total_tokens": 7}})
+        out_labels.append(
+            {"target_id": cid, "candidate": 1, "success": False, "reason": "no call", "source": "graph",
+             "kind": "parse_error"} if step == 0 else
+            {"target_id": cid, "candidate": 0, "success": True, "reason": "valid call", "source": "graph"})
         history = [*history, good_reply["message"], {"role": "user", "content": f"Observation: {2 + step}"}]
     out_labels.append({"target_id": eid, "success": good, "reason": "verified", "source": "verifier"})
-    return {"episode": {"id": eid, "started_at": started_at, "status": "complete", "task": "math", "problem_id": f"p-{eid}",
-                        "split": "train", "metadata": metadata or {}, "outputs": {"steps": calls}, "model": "m"},
+    return {"episode": {"id": eid, "started_at": started_at, "status": "complete", "task": "math",
+                        "problem_id": f"p-{eid}", "split": "train", "metadata": metadata or {},
+                        "outputs": {"steps": calls}, "model": "m"},
             "completions": comps,
             "tool_runs": [{"id": f"{eid}-t0", "episode_id": eid, "seq": 1, "name": "add", "args": {"a": 2, "b": 0},
                            "output": "2", "tool_call_id": "call-1"}],
@@ -112,7 +120,7 @@ def test_what_is_written_reads_back_whole(store_url):
     (own,) = [t for t in store.traces() if t.episode.metadata.get("team") == "search"]
     assert [r.output for r in own.tool_runs] == ["sunny in Paris"]
     assert store.good_teacher_calls() and all(r.task == "math" for r in store.good_teacher_calls())
-    assert store.contexts_answered_by("m", "student") == {"ctx-What is 4+4?-0", "ctx-What is 4+4?-1", "ctx-What is 4+4?-2"}
+    assert store.contexts_answered_by("m", "student") == {f"ctx-What is 4+4?-{i}" for i in range(3)}
     reopened = TraceStore(store_url, read_only=True)
     assert reopened.count("labels") == store.count("labels") and reopened.schema_version == store.schema_version
 
@@ -168,7 +176,8 @@ def test_import_export_replace_and_dedupe(store_url, tmp_path):
     assert fresh.import_jsonl(tmp_path / "all.jsonl") == (0, 2)  # idempotent
     # Feedback on a known episode is merged in by a re-import.
     line = json.loads((tmp_path / "all.jsonl").read_text().splitlines()[0])
-    line["labels"].append({"target_id": line["episode"]["id"], "success": False, "reason": "late", "source": "feedback"})
+    line["labels"].append({"target_id": line["episode"]["id"], "success": False, "reason": "late",
+                           "source": "feedback"})
     (tmp_path / "late.jsonl").write_text(json.dumps(line) + "\n")
     assert fresh.import_jsonl(tmp_path / "late.jsonl") == (0, 1)
     assert fresh.trace(line["episode"]["id"]).episode_label().reason == "late"
@@ -177,7 +186,8 @@ def test_import_export_replace_and_dedupe(store_url, tmp_path):
     grown = episode("grow", calls=3)
     grown["episode"]["status"] = "error"
     assert store.write_episode(grown, replace=True)
-    assert [c.seq for c in store.trace("grow").completions] == [0, 1, 2] and store.trace("grow").episode.status == "error"
+    assert [c.seq for c in store.trace("grow").completions] == [0, 1, 2]
+    assert store.trace("grow").episode.status == "error"
     # A harvest that stored a problem first keeps it: the second episode of the same key is not written.
     assert store.write_episode(episode("d1", metadata={keys.DEDUPE: "math:p1"}))
     assert not store.write_episode(episode("d2", metadata={keys.DEDUPE: "math:p1"}))
@@ -323,6 +333,27 @@ def test_a_server_that_is_not_there_is_one_line(postgres_server):
         assert "secret" not in str(exc)  # the password is never printed
 
 
+def test_text_postgresql_cannot_hold_fails_its_episode_by_name(store_url):
+    """PostgreSQL text holds no NUL character: such a tool output fails its episode's write there, reported
+    naming it (the recorder's writer thread), and the episodes around it are stored. SQLite stores it."""
+    store = TraceStore(store_url)
+    odd = episode("nul-1")
+    odd["tool_runs"][0]["output"] = "binary\x00output"
+    outcomes: dict[str, object] = {}
+    with store._lock:  # the three are queued, then written together: the batch fails, then one at a time
+        for trace in (episode("ok-1"), odd, episode("ok-2")):
+            eid = trace["episode"]["id"]
+            store.write_episode_soon(eid, lambda t=trace: t,
+                                     done=lambda ok, err, i=eid: outcomes.__setitem__(i, err or ok))
+    store.flush()
+    assert outcomes["ok-1"] is True and outcomes["ok-2"] is True
+    if store.backend == "sqlite":
+        assert outcomes["nul-1"] is True and store.trace("nul-1").tool_runs[0].output == "binary\x00output"
+    else:
+        assert "nul-1 was not stored: ValueError: `tool_runs.output` holds a NUL character" in str(outcomes["nul-1"])
+        assert not store.has_episode("nul-1")
+
+
 def test_a_url_made_into_a_path_is_refused():
     from pathlib import Path
 
@@ -335,3 +366,97 @@ def test_episode_ids_from_many_runs_never_collide_in_one_batch(store_url):
     ids = [str(uuid.uuid4()) for _ in range(100)]
     assert store.write_episodes([episode(i, started_at=time.time()) for i in ids]) == [True] * 100
     assert store.present_ids("episodes", ids) == set(ids)
+
+
+# --- many processes (slow: each starts an interpreter) ---------------------------------------------
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_core.tools import tool
+    from fcagent.agent.testing import ScriptedChatModel
+    from fcagent.tracing.recorder import TraceRecorder
+    from fcagent.tracing.store import TraceStore
+
+    @tool
+    def lookup(city: str) -> str:
+        \"\"\"Weather for a city.\"\"\"
+        return "sunny in " + city
+
+    store = TraceStore(sys.argv[1])
+    real, batches = store._db.executemany, []
+
+    def executemany(sql, rows):  # the third batch stops between its calls and its tool runs
+        real(sql, rows)
+        if "INTO completions" in sql and rows:
+            batches.append(len(rows) // 2)
+            if len(batches) == 3:
+                open(sys.argv[2], "w").write(str(sum(batches[:2])))
+                time.sleep(600)
+
+    store._db.executemany = executemany
+    recorder = TraceRecorder(store)
+    for i in range(400):
+        model = ScriptedChatModel(responses=[
+            AIMessage(content="", tool_calls=[{"name": "lookup", "args": {"city": f"c{i}"}, "id": "t1"}]),
+            AIMessage(content=f"answer {i}")])
+        create_agent(model, [lookup]).invoke({"messages": [HumanMessage(f"q{i}")]}, {"callbacks": [recorder]})
+    recorder.flush()
+""")
+
+
+@pytest.mark.slow
+def test_a_writer_killed_mid_batch_leaves_only_whole_episodes(store_url, tmp_path):
+    TraceStore(store_url).close()
+    flag = tmp_path / "mid-batch"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, store_url, str(flag)])
+    deadline = time.time() + 240
+    while not flag.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), "the writer never reached its third batch"
+    time.sleep(0.2)  # the flag is written inside the third batch's open transaction
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = TraceStore(store_url)
+    committed = int(flag.read_text())  # the episodes of the two batches before
+    assert store.count() == committed > 0  # the third batch is not there at all
+    # Every episode whole: its two calls and its tool run.
+    assert {(len(t.completions), len(t.tool_runs)) for t in store.traces()} == {(2, 1)}
+    assert all(t.completions[1].candidates[0].message.content.startswith("answer") for t in store.traces())
+
+
+FLEET_WORKER = textwrap.dedent("""
+    import sys
+    from fcagent import ReferenceTeacher, build_agent_graph, get_task
+    from fcagent.tracing.recorder import TraceRecorder
+    task = get_task("math")
+    problems = task.load(limit=80)[int(sys.argv[2])::8]
+    graph = build_agent_graph(ReferenceTeacher(problems=problems), task=task)
+    recorder = TraceRecorder(sys.argv[1])
+    for p in problems:
+        graph.invoke({"problem": p}, {"callbacks": [recorder], "metadata": {"worker": sys.argv[2]}})
+    recorder.flush()
+    assert not recorder.write_errors, recorder.write_errors
+""")
+
+
+@pytest.mark.slow
+def test_eight_processes_into_postgres_export_what_the_same_traffic_in_sqlite_does(tmp_path, postgres_url):
+    stores = {"sqlite": str(tmp_path / "fleet.db"), "postgresql": postgres_url}
+    for where in stores.values():
+        TraceStore(where).close()
+        procs = [subprocess.Popen([sys.executable, "-c", FLEET_WORKER, where, str(i)]) for i in range(8)]
+        assert [p.wait(timeout=300) for p in procs] == [0] * 8
+    for name, where in stores.items():
+        store = TraceStore(where)
+        problems = [e.problem_id for e in store.episodes()]
+        assert len(problems) == len(set(problems)) == 80, name  # every episode exactly once
+        assert {e.metadata["worker"] for e in store.episodes()} == {str(i) for i in range(8)}
+        result = runner.invoke(app, ["export", "--store", where, "--out", str(tmp_path / name), "--kind", "sft",
+                                     "--no-dataset"])
+        assert result.exit_code == 0, result.output
+    # The same rows; their order follows the episodes' start times, which two runs of eight processes interleave
+    # differently.
+    rows = {name: sorted((tmp_path / name / "sft.jsonl").read_text().splitlines()) for name in stores}
+    assert rows["postgresql"] == rows["sqlite"] and len(rows["sqlite"]) >= 40  # 80 less the held-out requests

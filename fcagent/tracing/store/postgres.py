@@ -21,6 +21,7 @@ store in memory (neither here nor in the server's reply).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -48,6 +49,10 @@ _DDL_REWRITES: tuple[tuple[str, str], ...] = (
 )
 _RETRIES = 5  # a batch that loses a deadlock is run again, this many times at most
 _IDLE_READERS = 4  # read connections kept open for the next query
+# Rows a streaming read fetches per round trip (benchmarks/postgres_layer.py: 500 left the reader waiting).
+_FETCH_ROWS = 2000
+# An insert that keeps what is there, as `insert()` writes it: sent as one statement for all its rows.
+_MULTI_ROW = re.compile(r"INSERT INTO (\w+) \(([^)]*)\) VALUES \([^)]*\) ON CONFLICT DO NOTHING")
 # Two processes creating the schema at once would race on the catalog: one migrates, the other waits.
 _MIGRATION_LOCK = 0x66636167656E74  # "fcagent", a pg_advisory_xact_lock key
 
@@ -109,6 +114,7 @@ class PostgresDB:
         self._conn: Any = None  # the writing connection (none for a read-only store)
         self._idle: list[Any] = []  # read connections between queries
         self._idle_lock = threading.Lock()
+        self._types: dict[str, dict[str, str]] = {}  # each table's column types, for the arrays of a bulk insert
         self.conn = self._connect(read_only=read_only)
 
     def _connect(self, *, read_only: bool) -> Any:
@@ -178,12 +184,50 @@ class PostgresDB:
         raise AssertionError("unreachable")
 
     def execute(self, sql: str, params: Any = ()) -> Any:
-        return self.conn.execute(_placeholders(sql), params)
+        with self._explained(sql, [params]):
+            return self.conn.execute(_placeholders(sql), params)
 
     def executemany(self, sql: str, rows: list[Any]) -> None:
-        if rows:  # psycopg sends them in one pipeline: one round trip, not one per row
+        if not rows:
+            return
+        with self._explained(sql, rows):
+            self._executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def _explained(self, sql: str, rows: list[Any]) -> Iterator[None]:
+        """The server's "invalid byte sequence: 0x00" as the column that holds the NUL (only on failure)."""
+        try:
+            yield
+        except self._psycopg.errors.CharacterNotInRepertoire as exc:
+            table = re.match(r"\s*INSERT INTO (\w+)", sql)
+            for row in rows:
+                for column, value in (row.items() if isinstance(row, dict) else enumerate(row)):
+                    if isinstance(value, str) and "\x00" in value:
+                        raise ValueError(f"`{table.group(1) if table else 'row'}.{column}` holds a NUL character "
+                                         "(\\x00), which PostgreSQL text cannot store") from exc
+            raise
+
+    def _executemany(self, sql: str, rows: list[Any]) -> None:
+        multi = _MULTI_ROW.fullmatch(sql)
+        if multi is None:  # an upsert (a row must not be updated twice in one statement): one pipeline
             with self.conn.cursor() as cur:
                 cur.executemany(_placeholders(sql), rows)
+            return
+        # One statement for all the rows, a column of them per array, unnested in the rows' order (the order
+        # locks are taken in): the server plans and runs one insert, not one per row, and the statement's
+        # text is the same whatever the number of rows, so it is prepared once (benchmarks/postgres_layer.py).
+        table, names = multi.group(1), tuple(c.strip() for c in multi.group(2).split(","))
+        types = self._column_types(table)
+        arrays = ", ".join(f"%b::{types[c]}[]" for c in names)  # binary: no quoting of the JSON text
+        self.conn.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+                          "ON CONFLICT DO NOTHING", [[row[c] for row in rows] for c in names])
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        if table not in self._types:
+            self._types[table] = dict(self.conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped", (table,)).fetchall())
+        return self._types[table]
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -203,9 +247,9 @@ class PostgresDB:
                 yield from rows
                 return
             with conn.transaction(), conn.cursor(name="fcagent_read", row_factory=dict_row) as cur:
-                cur.itersize = batch
+                cur.itersize = max(batch, _FETCH_ROWS)
                 cur.execute(_placeholders(sql), params)
-                while rows := cur.fetchmany(batch):
+                while rows := cur.fetchmany(cur.itersize):
                     yield from rows
         except self._psycopg.Error as exc:
             if conn is not None:

@@ -56,6 +56,13 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("005_episode_request_key", """
         ALTER TABLE episodes ADD COLUMN request_key TEXT
     """),
+    # A target's newest label (an episode's verdict, read for every call the exporter judges) is found by
+    # (target_id, id). SQLite's index on target_id held the rowid (= id) already; PostgreSQL's did not,
+    # and without the id in it a fresh store's planner scanned every label for each call.
+    ("006_labels_target_newest", """
+        DROP INDEX labels_target;
+        CREATE INDEX labels_target ON labels(target_id, id)
+    """),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
