@@ -94,7 +94,8 @@ print(f"recorded {store.count()} episodes")
 (out / "feedback.jsonl").write_text("".join(json.dumps(f) + "\n" for f in feedback))
 store.label_many(read_feedback(out / "feedback.jsonl"))
 
-# --- 4. export: SFT rows (one per good episode, every turn trained), DPO pairs where a request went both ways
+# --- 4. export: SFT rows (one per good episode, every turn trained), DPO pairs where a request went both ways.
+# A fifth of the requests are held out (`test_fraction`) for measuring the student on traffic it never saw.
 sft = export_sft(store, out / "data")
 pairs = export_preference_pairs(store, out / "data")
 print(f"SFT rows: {sft.rows}, DPO pairs: {pairs.rows} ({pairs.stats['rejected_reasons']})")

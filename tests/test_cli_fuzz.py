@@ -33,7 +33,7 @@ def _annotation(param):
     return getattr(kind, "__args__", (kind,))[0] if getattr(kind, "__origin__", None) is list else kind
 
 
-WRITES_STORE = {("run",), ("harvest",), ("distill",), ("serve",), ("traces", "import")}  # a new store (and its folder) is made there
+WRITES_STORE = {("run",), ("harvest",), ("distill",), ("serve",), ("traces", "import"), ("traces", "import-otlp"), ("traces", "demo")}  # a new store (and its folder) is made there
 
 
 def _bad_values(param, tmp, path: tuple[str, ...]) -> list[str]:
@@ -75,7 +75,7 @@ def _base(path: tuple[str, ...], tmp) -> list[str]:
         ("train",): ["--pairs", str(tmp["missing"])],
         ("replay",): ["-m", "nope:zzz-model", "--store", store],
         ("soup",): ["-m", "nope:zzz-model", "-m", "./no/such/run", "--out", str(tmp["folder"] / "sp")],
-        ("eval",): ["--model", "reference", "--limit", "1", "--out", str(tmp["folder"] / "ev")],
+        ("eval",): ["--model", "reference", "--task", "math", "--limit", "1", "--out", str(tmp["folder"] / "ev")],
         ("distill",): ["--out", str(tmp["folder"] / "d"), "--teacher", "nope:zzz-model"],
         ("compare",): [str(tmp["folder"]), "--method", "sft-dpo", "--out", str(tmp["folder"] / "cmp")],
         ("traces", "ls"): ["--store", store],
@@ -85,6 +85,11 @@ def _base(path: tuple[str, ...], tmp) -> list[str]:
         ("traces", "import"): [str(tmp["garbage"]), "--store", str(tmp["folder"] / "i.db")],
         ("traces", "label"): ["zzzzzzzz", "--good", "--store", store],
         ("traces", "import-langsmith"): ["--project", "p", "--store", store],
+        ("traces", "import-otlp"): [str(tmp["garbage"]), "--store", str(tmp["folder"] / "io.db")],
+        ("traces", "export-otlp"): [str(tmp["folder"] / "x.otlp.jsonl"), "--store", store],
+        ("traces", "demo"): ["--store", str(tmp["folder"] / "demo.db"), "--limit", "1"],
+        ("traces", "migrate"): ["--from", store, "--to", str(tmp["folder"] / "m.db")],
+        ("export-gguf",): [str(tmp["missing"])],
         ("serve",): ["--student", "nope:zzz-model"],  # never starts: the model spec is no model
     }[path]
 

@@ -27,7 +27,7 @@ def test_own_agent_records_labels_exports_trains_and_swaps_back(tmp_path, smol_d
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "recorded 11 episodes" in out
-    assert "SFT rows: 8, DPO pairs: 3 ({'final reply of an episode labelled bad': 3})" in out
+    assert "SFT rows: 5, DPO pairs: 3 ({'final reply of an episode labelled bad': 3})" in out
     assert "trained sft: 3 steps" in out and (tmp_path / "student" / "fcagent_run.json").exists()
     assert "student + escalation: 'We have 40 units of SKU-4.'" in out
 

@@ -282,8 +282,8 @@ def test_silent_wrong_results_are_now_errors(tmp_path, tiny_model_dir):
                            (["distill", "--test-problems", "-1"], "--test-problems"),
                            (["eval", "--model", "a=reference", "--model", "a=reference"], "given twice"),
                            (["eval", "--model", "a/b=reference"], "must be letters"),
-                           (["eval", "--model", f"m={tiny_model_dir}?n=0", "--limit", "1"], "greater than or equal to 1"),
-                           (["eval", "--model", f"m={tiny_model_dir}?max_new_tokens=-5", "--limit", "1"], "max_new_tokens")):
+                           (["eval", "--model", f"m={tiny_model_dir}?n=0", "--task", "math", "--limit", "1"], "greater than or equal to 1"),
+                           (["eval", "--model", f"m={tiny_model_dir}?max_new_tokens=-5", "--task", "math", "--limit", "1"], "max_new_tokens")):
         result = runner.invoke(app, args, env={"COLUMNS": "300"})
         assert result.exit_code != 0 and expected in result.output, (args, result.output)
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)

@@ -139,8 +139,13 @@ def replay_cmd(model: Annotated[str, typer.Option("--model", "-m", envvar="FCAGE
                          limit=limit, steps=steps.value, seed=seed, data_dir=data_dir, progress=progress()))
 
 
+def _given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    # typer vendors its own click: compare the source by name, not by click's enum
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
 @app.command("eval")
-def eval_cmd(model: Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="FCAGENT_MODEL",
+def eval_cmd(ctx: typer.Context, model: Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="FCAGENT_MODEL",
                                                       help="NAME=SPEC or SPEC; repeat for each model. With --store, "
                                                       "`NAME=recorded` scores the recorded replies. " + MODEL_HELP)
                                                       ] = None,
@@ -180,6 +185,9 @@ def eval_cmd(model: Annotated[Optional[list[str]], typer.Option("--model", "-m",
                       f"would escalate {report['escalation_rate']:.1%}; wrote {out / 'report.md'}")
         return
     models = model_names(model or [])
+    if task is not None and store is not None and _given_on_command_line(ctx, "store"):
+        # $FCAGENT_STORE, set for the other commands, is no conflict; an explicit --store would be ignored
+        raise UserError("give --task (a task suite) or --store (your agent's recorded traffic), not both")
     if task is None:
         if store is None:
             raise UserError("give --task (a task suite) or --store (your agent's recorded traffic)")
