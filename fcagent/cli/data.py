@@ -1,4 +1,4 @@
-"""`fcagent export`: labelled traces as DPO pairs or SFT rows in TRL's conversational format."""
+"""`fcagent export`: labelled traces as DPO pairs or SFT rows, in TRL's conversational format or OpenAI's."""
 
 from __future__ import annotations
 
@@ -40,10 +40,18 @@ class PromptStyleChoice(str, Enum):
     compact = "compact"
 
 
+class FormatChoice(str, Enum):
+    trl = "trl"
+    openai = "openai"
+
+
 @app.command("export")
 def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("pairs"),
                store: StoreOpt = Path(DEFAULT_STORE),
                kind: Annotated[Kind, typer.Option(help="dpo (preference pairs) or sft (good completions).")] = Kind.dpo,
+               format: Annotated[FormatChoice, typer.Option(
+                   help="trl (TRL's conversational rows, what `fcagent train` reads) or openai (OpenAI's "
+                        "fine-tuning JSONL: chat rows with tools, preference rows).")] = FormatChoice.trl,
                level: Annotated[Level, typer.Option(help="Pair sources besides teacher-vs-student.")] = Level.both,
                teacher_student: Annotated[bool, typer.Option(help="Include teacher-vs-student pairs.")] = True,
                task: Annotated[Optional[str], typer.Option(help="Only this task family.")] = None,
@@ -57,7 +65,7 @@ def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")
                seed: Annotated[int, typer.Option(min=0, help="Seeds the order the rows are written in (a shuffle).")] = 0,
                redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
                dataset: Annotated[bool, typer.Option(help="Also write a datasets.Dataset (save_to_disk).")] = True) -> None:
-    """Export labelled traces as DPO pairs or SFT rows in TRL's conversational format."""
+    """Export labelled traces as DPO pairs or SFT rows, in TRL's conversational format or OpenAI's fine-tuning one."""
     from rich.table import Table
 
     from fcagent.data.export import export_preference_pairs, export_sft
@@ -69,14 +77,14 @@ def export_cmd(out: Annotated[Path, typer.Option("--out", help="Output folder.")
     settings = dict(level=level.value, teacher_student=teacher_student, task=task, unlabelled=unlabelled.value,
                     sft_rows=sft_rows.value, prompt_style=prompt_style.value,
                     max_pairs_per_context=max_pairs_per_context,
-                    max_pairs_per_problem=max_pairs_per_problem, seed=seed, redact=redact)
+                    max_pairs_per_problem=max_pairs_per_problem, seed=seed, redact=redact, format=format.value)
     result = (export_preference_pairs if kind is Kind.dpo else export_sft)(open_store(store), out, **settings)
     layout = ExportLayout(out)
-    if dataset:
+    if dataset and format is FormatChoice.trl:  # a datasets.Dataset of TRL's rows, for `fcagent train`
         load_pairs(result.path, kind.value).save_to_disk(str(layout.dataset(kind.value)))
     stats = result.stats
     table = Table("rows", "by source", "by task", "rejected reasons", "dropped")
     table.add_row(str(stats["rows"]), json.dumps(stats["by_source"]), json.dumps(stats["by_task"]),
                   json.dumps(stats["rejected_reasons"]), json.dumps(stats["dropped"]))
     console.print(table)
-    console.print(f"wrote {result.path} and {layout.stats(kind.value)}")
+    console.print(f"wrote {result.path} and {layout.stats(kind.value, format.value)}")

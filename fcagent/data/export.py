@@ -37,6 +37,8 @@ Rows are written in the *student view*: exactly the messages `LocalChatModel` re
 (tools described in the system prompt, tool results as `Observation:` user turns), so the prompt TRL
 trains on is the prompt the student will see; and no prompt ends with a `tool` message (TRL's chat
 template handling fails for some templates there). A `tools` column (JSON) keeps the schemas.
+`format="openai"` writes OpenAI's fine-tuning rows from the same judgements instead, the messages as
+exchanged (`fcagent.data.openai_format`).
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ from fcagent.core import keys
 from fcagent.core.files import remove_stale_temporaries, write_jsonl_atomic
 from fcagent.core.records import PairSource, to_langchain
 from fcagent.data.judging import Judgement, candidate_identity, judge, reply_text
-from fcagent.data.layout import ExportKind, ExportLayout
-from fcagent.data.rows import ExportError, PreferencePair, SftRow, validate_pair
+from fcagent.data.layout import ExportFormat, ExportKind, ExportLayout
+from fcagent.data.openai_format import chat_row, preference_row
+from fcagent.data.rows import ExportError, PreferencePair, SftRow
 from fcagent.data.split import DEFAULT_TEST_FRACTION, split_of_row
 from fcagent.tracing.redact import Redactor
 from fcagent.tracing.store import TraceStore, open_store
@@ -97,6 +100,9 @@ class ExportSettings(BaseModel):
     max_pairs_per_problem: int = Field(16, ge=1)
     seed: int = 0
     redact: bool = True
+    format: ExportFormat = Field(ExportFormat.TRL, description="`trl`: TRL's conversational rows in the student "
+                                 "view; `openai`: OpenAI's fine-tuning JSONL, the messages as exchanged "
+                                 "(`fcagent.data.openai_format`).")
 
 
     @field_validator("prompt_style", mode="before")
@@ -168,9 +174,18 @@ def _episode_rows(calls: list[CallRow], store: TraceStore, settings: ExportSetti
         if c.id not in good_calls:
             continue
         reply = json.loads(c.candidates)[0]["message"]
+        if settings.format is ExportFormat.OPENAI:
+            yield chat_row(store.messages_of([c])[0], reply, c.tools, every_turn=whole, task=c.task,
+                           problem_id=c.problem_id, context_hash=c.context_hash)
+            continue
         messages = _student_view(c, store, settings.prompt_style, reply=reply)
         yield SftRow(messages=_trainable(messages, every_turn=whole), tools=c.tools, task=c.task,
                      problem_id=c.problem_id, context_hash=c.context_hash)
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    """What a message says, for length statistics: its text, or its calls (an OpenAI reply may have no text)."""
+    return message.get("content") or json.dumps(message.get("tool_calls") or "", ensure_ascii=False)
 
 
 def _trainable(messages: list[dict[str, Any]], *, every_turn: bool) -> list[dict[str, Any]]:
@@ -187,14 +202,15 @@ class _Bad:
     judgement: Judgement
     text: str
     row: CallRow
+    message: dict[str, Any]  # the reply's record (OpenAI rows keep its native calls)
 
 
 def _pairs_for_group(group: list[CallRow], settings: ExportSettings, reasons: Counter,
                      dropped: Counter, store: TraceStore,
-                     good_calls: set[str] | None = None) -> tuple[list[PreferencePair], list[SftRow]]:
-    good: dict[str, tuple[str, CallRow]] = {}
+                     good_calls: set[str] | None = None) -> tuple[list[BaseModel], list[BaseModel]]:
+    good: dict[str, tuple[str, CallRow, dict[str, Any]]] = {}
     bad: dict[str, _Bad] = {}
-    diverged: list[tuple[str, str, Judgement, CallRow]] = []
+    diverged: list[tuple[str, str, Judgement, CallRow, dict[str, Any]]] = []
     executed: list[tuple[str, str]] = []  # (model call id, its executed reply's identity), judged good
     for row in group:
         candidates = json.loads(row.candidates)
@@ -202,14 +218,14 @@ def _pairs_for_group(group: list[CallRow], settings: ExportSettings, reasons: Co
         for i, (cand, judged) in enumerate(zip(candidates, judge(row, unlabelled_good=settings.unlabelled == "good"))):
             key = candidate_identity(cand)
             if judged.verdict == "good":
-                good.setdefault(key, (reply_text(cand), row))
+                good.setdefault(key, (reply_text(cand), row, cand["message"]))
                 if i == 0:
                     executed.append((row.id, key))
             elif judged.verdict == "bad":
                 bad.setdefault(key, _Bad(source=PairSource.TEACHER_STUDENT if student else PairSource.STEP, judgement=judged,
-                                         text=reply_text(cand), row=row))
+                                         text=reply_text(cand), row=row, message=cand["message"]))
             elif judged.verdict == "diverged":
-                diverged.append((key, reply_text(cand), judged, row))
+                diverged.append((key, reply_text(cand), judged, row, cand["message"]))
             else:
                 dropped["candidate without a usable label"] += 1
     for key in set(good) & set(bad):  # two verdicts on the same reply (e.g. two users disagreeing)
@@ -223,22 +239,27 @@ def _pairs_for_group(group: list[CallRow], settings: ExportSettings, reasons: Co
         for key in [k for k, v in bad.items() if v.judgement.kind in ("parse_error", "no_call")]:
             del bad[key]
             dropped["reply in words where words are right"] += 1
-    for key, text, judged, row in diverged:
+    for key, text, judged, row, message in diverged:
         if key not in good and key not in bad and good:  # differs from a successful chain's step here
             source = PairSource.TEACHER_STUDENT if row.role in keys.STUDENT_ROLES else PairSource.TRAJECTORY
-            bad[key] = _Bad(source=source, text=text, row=row,
+            bad[key] = _Bad(source=source, text=text, row=row, message=message,
                             judgement=Judgement(verdict="bad", reason="diverges from a successful chain"))
     base = group[0]
     tools_json = base.tools
-    sft = []
+    openai = settings.format is ExportFormat.OPENAI
+    sft: list[BaseModel] = []
     prompt = None
-    if good:
+    if good and openai:
+        prompt = store.messages_of([base])[0]  # the messages as exchanged, not the student view
+        sft = [chat_row(prompt, message, tools_json, every_turn=False, task=row.task, problem_id=row.problem_id,
+                        context_hash=base.context_hash) for _, row, message in good.values()]
+    elif good:
         prompt = [{k: v for k, v in m.items() if k != "train"} for m in _student_view(base, store, settings.prompt_style)]
         sft = [SftRow(messages=_trainable([*prompt, {"role": "assistant", "content": text}], every_turn=False),
                       tools=tools_json, task=row.task, problem_id=row.problem_id,
                       context_hash=base.context_hash)
-               for text, row in good.values()]
-    pairs: list[PreferencePair] = []
+               for text, row, _ in good.values()]
+    pairs: list[BaseModel] = []
     wanted = {"step": settings.level in ("step", "both"), "trajectory": settings.level in ("trajectory", "both"),
               "teacher_student": settings.teacher_student}
     for item in bad.values():
@@ -248,10 +269,16 @@ def _pairs_for_group(group: list[CallRow], settings: ExportSettings, reasons: Co
         if not wanted[item.source]:
             dropped[f"{item.source} pairs not requested"] += 1
             continue
-        for chosen_text, good_row in good.values():
+        for chosen_text, good_row, chosen_message in good.values():
             if len(pairs) >= settings.max_pairs_per_context:
                 dropped["over the per-context cap"] += 1
                 break
+            if openai:
+                pairs.append(preference_row(prompt or [], chosen_message, item.message, tools_json, source=item.source,
+                                            task=good_row.task, problem_id=good_row.problem_id,
+                                            context_hash=base.context_hash))
+                reasons[item.judgement.kind or item.judgement.reason] += 1
+                continue
             pairs.append(PreferencePair(
                 prompt=prompt, chosen=[{"role": "assistant", "content": chosen_text}],
                 rejected=[{"role": "assistant", "content": item.text}], tools=tools_json, source=item.source,
@@ -306,6 +333,9 @@ def _no_rows_message(store: TraceStore, kind: str, dropped: Counter) -> str:
 
 def _export(store: Any, out: str | os.PathLike[str] | None, kind: ExportKind, settings: ExportSettings,
             tokenizer: Any = None) -> ExportResult:
+    if settings.format is ExportFormat.OPENAI and settings.prompt_style is not PromptStyle.EXAMPLES:
+        raise ExportError("`prompt_style` re-renders TRL's student view; OpenAI rows keep the prompt as recorded "
+                          "(OpenAI's trainer renders `tools` itself): drop it, or export `--format trl`")
     trace_store = open_store(store)
     if trace_store.count() == 0:
         raise ExportError(f"{trace_store.location} has no episodes: run `fcagent harvest` first")
@@ -334,37 +364,35 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: ExportKind, se
     try:
         with spool.open("w", encoding="utf-8") as f:
 
-            def emit(row: BaseModel) -> None:
+            def emit(row: Any) -> None:
                 nonlocal n
                 data = row.model_dump()
                 if redactor is not None:  # every field: messages, tool arguments, reasons, ids alike
                     data = redactor.redact_value(data)
-                identity = json.dumps([data.get("prompt") or data.get("messages"), data.get("chosen"),
-                                       data.get("rejected")], sort_keys=True)
+                prompt_msgs, chosen, rejected = row.sides(data)
+                identity = json.dumps([prompt_msgs, chosen, rejected], sort_keys=True)
                 # A digest, not the row: the dedup set then costs ~100 bytes a row (flat memory).
                 digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
                 if digest in seen:
                     dropped["duplicate"] += 1
                     return
-                problem = f"{data.get('task')}:{data.get('problem_id')}"
-                if data.get("problem_id") and per_problem[problem] >= settings.max_pairs_per_problem:
+                # Provenance from the row (OpenAI rows do not write it): the caps and counts go by it.
+                problem = f"{row.task}:{row.problem_id}"
+                if row.problem_id and per_problem[problem] >= settings.max_pairs_per_problem:
                     dropped["over the per-problem cap"] += 1
                     return
-                if kind == "dpo" and data["chosen"] == data["rejected"]:
+                if rejected is not None and chosen == rejected:
                     # They differed only inside a secret or PII (one email for another): redacted, the pair
                     # teaches nothing, and unredacted it would leak.
                     dropped["identical after redaction"] += 1
                     return
-                if kind == "dpo":
-                    validate_pair(data, where=f"pair for context {data['context_hash']}")
+                row.check(data, where=f"{'pair' if kind == 'dpo' else 'row'} for context {row.context_hash}")
                 seen.add(digest)
                 per_problem[problem] += 1
-                by_source[data.get("source", "sft")] += 1
-                by_task[data.get("task") or "-"] += 1
-                prompt_msgs = data.get("prompt") or data["messages"][:-1]
-                lengths["prompt"].append(measure("".join(m["content"] for m in prompt_msgs)))
-                completion = data["chosen"][0]["content"] if kind == "dpo" else data["messages"][-1]["content"]
-                lengths["completion"].append(measure(completion))
+                by_source[str(getattr(row, "source", None) or "sft")] += 1
+                by_task[row.task or "-"] += 1
+                lengths["prompt"].append(measure("".join(_text_of(m) for m in prompt_msgs)))
+                lengths["completion"].append(measure(_text_of(chosen[0])))
                 f.write(json.dumps(data, ensure_ascii=False) + "\n")
                 n += 1
 
@@ -383,7 +411,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: ExportKind, se
             if settings.unlabelled == "skip" and (stats["labels"] == 0 or stats["unlabelled_episodes"] == stats["episodes"]):
                 raise ExportError(_unlabelled_message(trace_store))
             raise ExportError(_no_rows_message(trace_store, kind, dropped))
-        path = layout.rows(kind)
+        path = layout.rows(kind, settings.format)
         write_jsonl_atomic(path, _shuffled(spool, settings.seed))
     finally:
         spool.unlink(missing_ok=True)
@@ -403,7 +431,7 @@ def _export(store: Any, out: str | os.PathLike[str] | None, kind: ExportKind, se
     if redactor is not None:
         stats = redactor.redact_value(stats)  # rejected reasons quote tool errors, which may quote secrets
         stats["redacted"] = dict(redactor.counts)
-    write_jsonl_atomic(layout.stats(kind), iter([stats]))  # one line: a plain JSON object
+    write_jsonl_atomic(layout.stats(kind, settings.format), iter([stats]))  # one line: a plain JSON object
     return ExportResult(path=path, rows=n, stats=stats)
 
 

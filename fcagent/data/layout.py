@@ -4,6 +4,7 @@
     OUT/sft.jsonl         SFT rows             OUT/stats.sft.json   what the SFT export did
     OUT/dataset-dpo/      the pairs as a `datasets.Dataset` (`save_to_disk`), where asked for
     OUT/dataset-sft/      the SFT rows likewise
+    OUT/pairs.openai.jsonl, OUT/sft.openai.jsonl, OUT/stats.{dpo,sft}.openai.json: `--format openai`
 
 No other module spells these names.
 """
@@ -17,12 +18,17 @@ from pathlib import Path
 
 from fcagent.agent.prompting import PromptStyle
 
-__all__ = ["ExportKind", "ExportLayout"]
+__all__ = ["ExportKind", "ExportFormat", "ExportLayout"]
 
 
 class ExportKind(StrEnum):
     DPO = "dpo"  # preference pairs
     SFT = "sft"  # supervised rows
+
+
+class ExportFormat(StrEnum):
+    TRL = "trl"  # TRL's conversational formats: what `fcagent train` reads
+    OPENAI = "openai"  # OpenAI's fine-tuning JSONL (`fcagent.data.openai_format`)
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,13 @@ class ExportLayout:
         path = Path(path)
         return cls(path if path.is_dir() or not path.suffix else path.parent)
 
-    def rows(self, kind: ExportKind | str) -> Path:
-        return self.folder / ("pairs.jsonl" if ExportKind(kind) is ExportKind.DPO else "sft.jsonl")
+    def rows(self, kind: ExportKind | str, fmt: ExportFormat | str = ExportFormat.TRL) -> Path:
+        name = "pairs" if ExportKind(kind) is ExportKind.DPO else "sft"
+        return self.folder / (f"{name}.jsonl" if ExportFormat(fmt) is ExportFormat.TRL else f"{name}.{fmt}.jsonl")
 
-    def stats(self, kind: ExportKind | str) -> Path:
-        return self.folder / f"stats.{ExportKind(kind).value}.json"
+    def stats(self, kind: ExportKind | str, fmt: ExportFormat | str = ExportFormat.TRL) -> Path:
+        suffix = "" if ExportFormat(fmt) is ExportFormat.TRL else f".{fmt}"
+        return self.folder / f"stats.{ExportKind(kind).value}{suffix}.json"
 
     def dataset(self, kind: ExportKind | str) -> Path:
         return self.folder / f"dataset-{ExportKind(kind).value}"

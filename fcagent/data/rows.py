@@ -40,6 +40,15 @@ class PreferencePair(BaseModel):
     rejected_reason: str = ""
     rejected_kind: str | None = None  # a StepError kind, or None for a wrong answer / a divergence
 
+    @staticmethod
+    def sides(data: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """A written row's (prompt, chosen, rejected) messages: what the exporter dedupes and measures by."""
+        return data["prompt"], data["chosen"], data["rejected"]
+
+    @staticmethod
+    def check(data: dict[str, Any], where: str) -> None:
+        validate_pair(data, where)
+
 
 class SftRow(BaseModel):
     messages: list[dict[str, Any]]
@@ -47,6 +56,14 @@ class SftRow(BaseModel):
     task: str | None = None
     problem_id: str | None = None
     context_hash: str
+
+    @staticmethod
+    def sides(data: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], None]:
+        return data["messages"][:-1], data["messages"][-1:], None
+
+    @staticmethod
+    def check(data: dict[str, Any], where: str) -> None:
+        validate_sft_row(data, where)
 
 
 def _check_messages(value: Any, field: str, where: str) -> None:
