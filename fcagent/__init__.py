@@ -30,7 +30,8 @@ _EXPORTS: dict[str, str] = {
     # tracing
     "TraceStore": "fcagent.tracing.store", "TraceRecorder": "fcagent.tracing.recorder",
     "TraceMiddleware": "fcagent.tracing.middleware", "Redactor": "fcagent.tracing.redact",
-    "read_feedback": "fcagent.tracing.feedback",
+    "read_feedback": "fcagent.tracing.feedback", "OtlpSink": "fcagent.tracing.otlp.outbound",
+    "import_otlp": "fcagent.tracing.otlp.inbound",
     # data
     "export_preference_pairs": "fcagent.data.export", "export_sft": "fcagent.data.export",
     "ExportLayout": "fcagent.data.layout", "load_pairs": "fcagent.data.rows",
@@ -94,6 +95,8 @@ if TYPE_CHECKING:  # what a type checker and an IDE see
     from fcagent.tasks import Problem, Task, Verdict, get_task
     from fcagent.tracing.feedback import read_feedback
     from fcagent.tracing.middleware import TraceMiddleware
+    from fcagent.tracing.otlp.inbound import import_otlp
+    from fcagent.tracing.otlp.outbound import OtlpSink
     from fcagent.tracing.recorder import TraceRecorder
     from fcagent.tracing.redact import Redactor
     from fcagent.tracing.store import TraceStore

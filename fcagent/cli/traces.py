@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -134,6 +135,64 @@ def traces_import_langsmith(project: Annotated[str, typer.Option(help="LangSmith
     console.print(import_langsmith(store, project=project, limit=limit))
 
 
+class OtlpFormat(str, Enum):
+    json = "json"
+    protobuf = "protobuf"
+
+
+@traces_app.command("import-otlp")
+def traces_import_otlp(paths: Annotated[list[Path], typer.Argument(
+                           help="OTLP trace exports (JSON, JSON lines or protobuf), or folders of them.")],
+                       store: StoreOpt = Path(DEFAULT_STORE)) -> None:
+    """Import OpenTelemetry GenAI spans (OpenLLMetry, OpenInference, the GenAI conventions): a trace is an
+    episode, its model calls and tool runs as they were (idempotent)."""
+    from fcagent.tracing.otlp.inbound import read_otlp
+
+    traces, report = read_otlp(paths)  # all of it read before the store is opened: bad input creates nothing
+    report.store(open_store(store, create=True), traces)
+    console.print(report.summary(), markup=False)
+
+
+@traces_app.command("export-otlp")
+def traces_export_otlp(out: Annotated[Optional[Path], typer.Argument(help="The file to write (or --endpoint).")] = None,
+                       endpoint: Annotated[Optional[str], typer.Option(
+                           help="Send to an OTLP/HTTP endpoint instead, e.g. http://localhost:6006/v1/traces.")] = None,
+                       header: Annotated[Optional[list[str]], typer.Option(
+                           help="KEY=VALUE header for --endpoint (repeatable), e.g. Authorization=Basic ...")] = None,
+                       format: Annotated[OtlpFormat, typer.Option(
+                           help="The file's encoding: OTLP/JSON lines or length-prefixed protobuf.")] = OtlpFormat.json,
+                       store: StoreOpt = Path(DEFAULT_STORE),
+                       redact: Annotated[bool, typer.Option(help="Redact secrets and personal data.")] = True,
+                       force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False
+                       ) -> None:
+    """Write every episode as OpenTelemetry GenAI spans (a trace per episode), for Langfuse, Phoenix or any
+    OTLP backend; `traces import-otlp` reads them back to the same episodes."""
+    from fcagent.tracing.otlp.outbound import send_otlp, write_otlp_file
+    from fcagent.tracing.redact import Redactor
+
+    if (out is None) == (endpoint is None):
+        raise UserError("give an output file or --endpoint URL (one of them)")
+    headers = {}
+    for item in header or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"`--header` {item!r} must be KEY=VALUE")
+        headers[key.strip()] = value
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise UserError(f"`--endpoint` {endpoint!r} must be an http:// or https:// URL (OTLP/HTTP)")
+    if headers and endpoint is None:
+        raise UserError("`--header` goes with --endpoint")
+    s = open_store(store)
+    redactor = Redactor() if redact else None
+    if out is not None:
+        check_output_file(out, force=force, inputs=(store,))
+        n = write_otlp_file(s.traces(), out, fmt=format.value, redactor=redactor)
+        console.print(f"wrote {n} episodes to {out}", markup=False)
+    else:
+        n = send_otlp(s.traces(), endpoint or "", headers=headers, redactor=redactor)
+        console.print(f"sent {n} episodes to {endpoint}", markup=False)
+
+
 @traces_app.command("label")
 def traces_label(target_ids: Annotated[Optional[list[str]], typer.Argument(help="Episode or call ids (unique prefixes do).")] = None,
                  success: Annotated[Optional[bool], typer.Option("--good/--bad", help="The verdict for the ids given.")] = None,
@@ -178,6 +237,7 @@ def traces_demo(store: Annotated[str, typer.Option("--store", envvar="FCAGENT_ST
                                  mistake_rate=mistake_rate, seed=seed, progress=progress())
     console.print(f"recorded {counts['episodes']} episodes into {store}: {counts['labelled_good']} labelled good, "
                   f"{counts['labelled_bad']} bad by the users' feedback")
+
 
 @traces_app.command("migrate")
 def traces_migrate(source: Annotated[str, typer.Option("--from", help="The store to copy from: an SQLite file or a "

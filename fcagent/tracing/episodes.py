@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -28,6 +28,9 @@ from fcagent.tracing.store import TraceStore, open_store
 
 __all__ = ["episode_from_buffer", "EpisodeWrites", "WritesEpisodes", "normalize_tools", "MAX_TOOL_OUTPUT_CHARS",
            "EPISODE_OUTPUT_KEYS"]
+
+if TYPE_CHECKING:  # only for the annotation: the OTLP packages are an extra
+    from fcagent.tracing.otlp.outbound import OtlpSink
 
 log = logging.getLogger("fcagent")
 
@@ -242,7 +245,8 @@ class EpisodeWrites:
     the store wait for queued episodes; `flush()` waits for them (the counters are final then).
     """
 
-    def __init__(self, store: str | TraceStore, on_write_error: Literal["report", "raise"], background: bool | None) -> None:
+    def __init__(self, store: str | TraceStore, on_write_error: Literal["report", "raise"], background: bool | None,
+                 otlp: OtlpSink | None = None) -> None:
         if on_write_error not in ("report", "raise"):
             raise UserError(f"`on_write_error` must be 'report' or 'raise', got {on_write_error!r}")
         if background and on_write_error == "raise":
@@ -255,9 +259,12 @@ class EpisodeWrites:
         self.written = 0  # stored
         self.present = 0  # already in the store (an id, or a `DEDUPE` key, seen before): not stored again
         self.last_episode_id: str | None = None
+        self.otlp = otlp  # an `OtlpSink` (fcagent.tracing.otlp.outbound): each built episode also goes out as spans
 
     def submit(self, episode_id: str, build: Any, *, replace: bool = False, final: bool = True) -> None:
         """Write the trace `build()` makes, now or on the writer thread."""
+        if self.otlp is not None:
+            build = functools.partial(_built_and_sent, build, self.otlp)
         if self.background:
             if final:  # finished (its write may still be queued: reads wait for it)
                 self.last_episode_id = episode_id
@@ -288,6 +295,14 @@ class EpisodeWrites:
 
     def flush(self) -> None:
         self.store.flush()
+        if self.otlp is not None:  # after the store: the writer thread queues the spans as it builds
+            self.otlp.flush()
+
+
+def _built_and_sent(build: Any, otlp: Any) -> Any:
+    trace = build()
+    otlp.emit(trace)  # never raises: the store's write goes on whatever becomes of the spans
+    return trace
 
 
 class WritesEpisodes:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal, NotRequired
+from typing import TYPE_CHECKING, Any, Literal, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState
 from langchain_core.messages import AIMessage, SystemMessage
@@ -31,6 +31,9 @@ from fcagent.tracing.episodes import EpisodeWrites, WritesEpisodes, episode_from
 from fcagent.tracing.store import DEFAULT_STORE, TraceStore
 
 __all__ = ["TraceMiddleware", "TracedState", "EPISODE_ID_KEY", "request_messages", "replies"]
+
+if TYPE_CHECKING:  # only for the annotation: the OTLP packages are an extra
+    from fcagent.tracing.otlp.outbound import OtlpSink
 
 EPISODE_ID_KEY = keys.EPISODE_ID
 _KEEP_ERRORED = 64  # buffers of runs that raised, stored already, kept in case an outer retry goes on
@@ -66,9 +69,10 @@ class TraceMiddleware(WritesEpisodes, AgentMiddleware):
 
     def __init__(self, store: str | TraceStore = DEFAULT_STORE, *, tags: list[str] | None = None,
                  on_write_error: Literal["report", "raise"] = "report", background: bool | None = None,
+                 otlp: OtlpSink | None = None,
                  **metadata: Any):
         super().__init__()
-        self.writes = EpisodeWrites(store, on_write_error, background)  # the recorder's, shared
+        self.writes = EpisodeWrites(store, on_write_error, background, otlp)  # the recorder's, shared
         self.store = self.writes.store
         self.metadata = metadata
         self.tags = ["middleware", *(tags or [])]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -32,6 +32,9 @@ from fcagent.tracing.store import DEFAULT_STORE, TraceStore
 
 __all__ = ["TraceRecorder"]
 
+if TYPE_CHECKING:  # only for the annotation: the OTLP packages are an extra
+    from fcagent.tracing.otlp.outbound import OtlpSink
+
 log = logging.getLogger("fcagent")
 
 
@@ -49,7 +52,8 @@ class TraceRecorder(WritesEpisodes, BaseCallbackHandler):
     goes on: the default, since a trace should not take production down) or `"raise"`d into the run.
     With `"report"` the episode is written by the store's writer thread (`background`, see
     `EpisodeWrites`): `flush()` before reading `episodes_written` or `write_errors`; reads through
-    the store wait by themselves.
+    the store wait by themselves. `otlp=OtlpSink.endpoint(url)` (or `.file(path)`): each episode is also sent
+    as OpenTelemetry GenAI spans, redacted, off the agent's path (`fcagent.tracing.otlp.outbound`).
     """
 
     run_inline = True
@@ -57,8 +61,9 @@ class TraceRecorder(WritesEpisodes, BaseCallbackHandler):
     def __init__(self, store: str | TraceStore = DEFAULT_STORE, *, tags: list[str] | None = None,
                  tools: list[Any] | None = None, max_tool_output_chars: int = MAX_TOOL_OUTPUT_CHARS,
                  on_write_error: Literal["report", "raise"] = "report", background: bool | None = None,
+                 otlp: OtlpSink | None = None,
                  **metadata: Any):
-        self.writes = EpisodeWrites(store, on_write_error, background)
+        self.writes = EpisodeWrites(store, on_write_error, background, otlp)
         self.store = self.writes.store
         self.metadata = metadata
         self.tags = list(tags or [])
