@@ -554,6 +554,20 @@ def test_false_positives_stay_low():
     assert r.redact_value(value) == value
 
 
+def test_uuids_whose_digits_pass_luhn_are_no_card_numbers():
+    """A UUID's trailing groups can be an all-digit run that passes Luhn (`aa76-002321490703`): ids in exported
+    traces (episode, call, parent run) stayed redacted one run in a few."""
+    from fcagent.tracing.redact.redactor import _luhn_ok
+
+    ids = ["01a24311-682e-7489-aa76-002321490703", "01a24311-6820-7489-1176-002321490703x",
+           "call_4111111111111111", "run-4111111111111111"]
+    assert _luhn_ok("76002321490703")
+    redactor = Redactor()
+    for value in ids:
+        assert redactor.redact(value) == value, value
+    assert redactor.redact("card 4111-1111-1111-1111, thanks") == "card <CARD_NUMBER>, thanks"
+
+
 def test_the_phone_matcher_runs_on_a_bounded_number_of_candidates(monkeypatch):
     """libphonenumber's matcher (~0.15 ms a call) only sees candidates its metadata cannot decide, at
     most `_MATCHER_BUDGET` per text: a text built from thousands of distinct undecidable runs falls

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from fcagent.core.records import StepError
 
-__all__ = ["Call", "CallParseError", "parse_calls", "looks_like_call", "format_calls", "schema_error", "calls_error",
+__all__ = ["Call", "CallParseError", "parse_calls", "python_literal", "looks_like_call", "format_calls", "schema_error", "calls_error",
            "drop_ungrounded_arguments", "MAX_CALL_TEXT_CHARS", "ARGUMENT_KEYS"]
 
 # Model output longer than this is refused before parsing: a 135M model that loops can emit
@@ -184,6 +184,16 @@ def _literal(node: ast.AST, depth: int = 0) -> Any:
     if isinstance(node, ast.Name) and node.id in ("true", "false", "null", "True", "False", "None"):
         return {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}[node.id]
     raise CallParseError(f"only literal argument values are allowed, got `{type(node).__name__}`")
+
+
+def python_literal(text: str) -> Any:
+    """A Python literal's value (`{'a': 1}`, `[1, -2.5]`, `None`), read by the same walk over literal nodes
+    that call arguments go through: never evaluated. CallParseError if it is anything else."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise CallParseError("not a Python literal") from None
+    return _literal(tree.body)
 
 
 def _dotted_name(node: ast.AST) -> str:

@@ -14,7 +14,6 @@ A model call recorded twice, by a framework's instrumentation and a provider's u
 
 from __future__ import annotations
 
-import ast
 import json
 import uuid
 from collections import Counter, defaultdict
@@ -24,6 +23,7 @@ from typing import Any
 
 from langchain_core.outputs import ChatGeneration
 
+from fcagent.core.calls import CallParseError, python_literal
 from fcagent.core.errors import UserError
 from fcagent.core.records import EpisodeTrace, to_langchain
 from fcagent.tracing.buffers import CallBuffer, EpisodeBuffer, ToolRunBuffer
@@ -125,9 +125,9 @@ def _tool_args(span: WireSpan) -> Any:
         try:
             return json.loads(text)
         except (TypeError, ValueError):
-            try:
-                return ast.literal_eval(text)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            try:  # LangChain's `input_str` is often the Python repr of the arguments
+                return python_literal(text)
+            except CallParseError:
                 return text
     return value
 
