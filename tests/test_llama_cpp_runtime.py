@@ -10,7 +10,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 
 from fcagent import load_chat_model
 from fcagent.core.errors import UserError
@@ -200,3 +200,29 @@ def test_bundled_model_runs_the_agent_graph(smol, data_dir):
     for p in task.load(split="test", limit=2):
         out = graph.invoke({"problem": p})
         assert out["steps"] == 1 and out["status"] == "answered" and isinstance(out["verdict"]["success"], bool)
+
+
+@pytest.mark.slow
+def test_a_trained_run_exported_by_the_cli_answers_alike_on_both_runtimes(tiny_model_dir, tmp_path):
+    """`fcagent train --gguf f16`: a LoRA run, merged and converted; the llama.cpp runtime replies as the
+    transformers runtime does to the prompts it was trained on."""
+    from typer.testing import CliRunner
+
+    from fcagent.cli.app import app
+
+    chains = [("What is 2 plus 3?", '{"name": "add", "arguments": {"a": 2, "b": 3}}'),
+              ("What is 7 times 6?", '{"name": "multiply", "arguments": {"a": 7, "b": 6}}')]
+    rows = [{"prompt": [{"role": "system", "content": "Call a function."}, {"role": "user", "content": q}],
+             "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": "No."}],
+             "tools": "[]"} for q, c in chains]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--pairs", str(tmp_path), "-m", str(tiny_model_dir), "--method", "sft",
+                                      "--max-optimizer-steps", "40", "--out", str(run), "--gguf", "f16"])
+    assert result.exit_code == 0, result.output
+    assert (run / "gguf" / "student.f16.gguf").exists() and (run / "gguf" / "Modelfile").exists()
+    hf = load_chat_model(str(run), max_new_tokens=24)
+    gguf = load_chat_model(f"{run}?runtime=llama.cpp", max_new_tokens=24)
+    for question, _ in chains:
+        messages = [SystemMessage("Call a function."), HumanMessage(question)]
+        assert gguf.invoke(messages).content == hf.invoke(messages).content

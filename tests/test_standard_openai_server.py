@@ -17,7 +17,7 @@ def _served():
     from fcagent.models.loading import load_chat_model
     from fcagent.serving.app import ServeSettings, background_server, create_app
 
-    student = load_chat_model("bundled:smollm2-135m", max_new_tokens=256)
+    student = load_chat_model("bundled:smollm2-135m", max_new_tokens=96)  # as tests/test_standard_chat_model.py
     with background_server(create_app(student, settings=ServeSettings(model_name="fcagent-student"))) as url:
         _SERVER["url"] = url
         yield

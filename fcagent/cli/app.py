@@ -83,7 +83,9 @@ app = _App(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                 "evaluate, serve.")
 traces_app = _App(no_args_is_help=True, rich_markup_mode=None, help="Read and manage the trace store.")
 app.add_typer(traces_app, name="traces")
-console = Console()
+# Lines are not broken at the terminal's width (the terminal wraps them for the eye): an error or a path stays
+# one line in a log, a pipe or a copy; tables still fit the width.
+console = Console(soft_wrap=True)
 
 
 # --- helpers the command modules share --------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from fcagent.agent.prompting import PromptStyle
 from fcagent.core.errors import UserError
 from fcagent.data.split import DEFAULT_TEST_FRACTION
 from fcagent.pipeline.promotion import GATE_EXIT_CODE, Gate, Watermark, not_worse, promote
@@ -89,7 +90,9 @@ def distill_traffic(*, store: Any, out: str | Path, student: str = "bundled:smol
     if method in PAIR_METHODS:
         pairs = export_preference_pairs(store, data, **export)
         log(f"[{here.name}] exported {pairs.rows} preference pairs")
-    cfg = (settings or TrainSettings(method="sft")).model_copy(update={"method": method, "prompt_style": "compact"})
+    # validated, not model_copy(update=...): the method and prompt style are checked and typed as the CLI's are
+    cfg = TrainSettings.model_validate({**(settings or TrainSettings(method="sft")).model_dump(),
+                                        "method": method, "prompt_style": PromptStyle.COMPACT})
     trained = train(data, start_from, here / "student", settings=cfg)
     log(f"[{here.name}] trained {method}: {trained.steps} steps, {trained.seconds:.0f} s")
     models = {"base": student, "new": str(here / "student"), "recorded": RECORDED}
