@@ -7,10 +7,11 @@ import json
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from pydantic import TypeAdapter
 from typer.testing import CliRunner
+from weather_tools import call, convert, get_weather
 
 from fcagent.agent.testing import ScriptedChatModel
 from fcagent.cli.app import app
@@ -19,22 +20,6 @@ from fcagent.data.openai_format import ChatExample, PreferenceExample
 from fcagent.data.rows import ExportError
 from fcagent.tracing.recorder import TraceRecorder
 from fcagent.tracing.store import TraceStore
-
-
-@tool
-def get_weather(city: str) -> str:
-    """Weather for a city."""
-    return f"sunny in {city}"
-
-
-@tool
-def convert(celsius: float) -> float:
-    """Celsius to Fahrenheit."""
-    return celsius * 9 / 5 + 32
-
-
-def call(name, args, call_id):
-    return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": call_id}])
 
 
 def weather_store(path, tools=(get_weather, convert)) -> TraceStore:

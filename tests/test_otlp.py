@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from typer.testing import CliRunner
+from weather_tools import call, convert, get_weather
 
 from fcagent import ReferenceTeacher, build_agent_graph, get_task
 from fcagent.agent.testing import ScriptedChatModel
@@ -27,22 +28,6 @@ from fcagent.tracing.store import TraceStore
 
 pytest.importorskip("opentelemetry.sdk")
 runner = CliRunner()
-
-
-@tool
-def get_weather(city: str) -> str:
-    """Weather for a city."""
-    return f"sunny in {city}"
-
-
-@tool
-def convert(celsius: float) -> float:
-    """Celsius to Fahrenheit."""
-    return celsius * 9 / 5 + 32
-
-
-def call(name, args, call_id):
-    return AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": call_id}])
 
 
 class OtlpReceiver:

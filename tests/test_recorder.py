@@ -5,24 +5,13 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
+from weather_tools import convert, get_weather
 
 from fcagent import ReferenceTeacher, build_agent_graph, get_task
 from fcagent.agent.testing import ScriptedChatModel
 from fcagent.tracing.middleware import TraceMiddleware
 from fcagent.tracing.recorder import TraceRecorder
 from fcagent.tracing.store import StoreError, TraceStore
-
-
-@tool
-def get_weather(city: str) -> str:
-    """Weather for a city."""
-    return f"sunny in {city}"
-
-
-@tool
-def convert(celsius: float) -> float:
-    """Celsius to Fahrenheit."""
-    return celsius * 9 / 5 + 32
 
 
 def scripted_agent_model():

@@ -11,7 +11,7 @@ from typing import Any
 
 from fcagent.core.records import bounded
 
-__all__ = ["write_jsonl_atomic", "dumps", "remove_stale_temporaries"]
+__all__ = ["write_jsonl_atomic", "write_records_atomic", "dumps", "remove_stale_temporaries"]
 
 # One encoder for every stored value: `json.dumps` with these options builds a new one per call,
 # which was a third of the trace writer's encoding time (~19 values per episode).
@@ -27,17 +27,22 @@ def dumps(value: Any) -> str:
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows as JSON Lines to a temp file beside `path`, then rename: readers (and a process
-    killed mid-write) never see a half-written file. Returns the number of rows."""
+    """Write rows as JSON Lines, whole or not at all (`write_records_atomic`). Returns the number of rows."""
+    return write_records_atomic(path, ((dumps(row) + "\n").encode("utf-8") for row in rows))
+
+
+def write_records_atomic(path: str | os.PathLike[str], records: Iterable[bytes]) -> int:
+    """Write byte records to a temp file beside `path`, then rename: readers (and a process killed mid-write)
+    never see a half-written file. Returns the number of records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, f".{path.name}.")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     n = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(dumps(row) + "\n")
+        with os.fdopen(fd, "wb") as f:
+            for record in records:
+                f.write(record)
                 n += 1
         os.replace(tmp, path)
     except BaseException:

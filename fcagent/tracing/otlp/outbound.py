@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fcagent.core.errors import RunFailure
+from fcagent.core.files import write_records_atomic
 from fcagent.core.records import EpisodeTrace
 from fcagent.tracing.otlp.genai import genai_message, genai_output, genai_tool
 from fcagent.tracing.otlp.wire import request_json, request_record
@@ -203,21 +203,13 @@ def write_otlp_file(traces: Iterable[EpisodeTrace], path: str | os.PathLike[str]
                     redactor: Redactor | None = None) -> int:
     """Episodes into an OTLP file, one export request per episode: OTLP/JSON lines (`fmt="json"`) or
     length-prefixed protobuf records (`"protobuf"`). Written beside and renamed: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    n = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for trace in traces:
-                request = _request(episode_spans(_episode_json(trace, redactor)))
-                f.write(request_record(request) if fmt == "protobuf" else (request_json(request) + "\n").encode())
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+
+    def records() -> Iterator[bytes]:
+        for trace in traces:
+            request = _request(episode_spans(_episode_json(trace, redactor)))
+            yield request_record(request) if fmt == "protobuf" else (request_json(request) + "\n").encode()
+
+    return write_records_atomic(path, records())
 
 
 def _batches(traces: Iterable[EpisodeTrace], redactor: Redactor | None, size: int) -> Iterator[tuple[int, list[Any]]]:
