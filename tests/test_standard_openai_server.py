@@ -24,14 +24,16 @@ def _served():
     _SERVER.clear()
 
 
-def _quality(name: str, reason: str):
+def _quality(name: str, reason: str, run: bool = True):
+    """Expected to fail for the 135M model's answer alone; `run=False` where the reply runs to the token limit
+    and tests/test_standard_chat_model.py runs the same model's same failure."""
     base = getattr(ChatModelIntegrationTests, name)
 
     @functools.wraps(base)
     def test(self, *args, **kwargs):
         return base(self, *args, **kwargs)
 
-    test.pytestmark = [*getattr(base, "pytestmark", []), pytest.mark.xfail(reason=reason, strict=False)]
+    test.pytestmark = [*getattr(base, "pytestmark", []), pytest.mark.xfail(reason=reason, strict=False, run=run)]
     return test
 
 
@@ -60,11 +62,11 @@ class TestChatOpenAIOnFcagentServe(ChatModelIntegrationTests):
     def supports_image_inputs(self) -> bool:
         return False  # a 400 naming the content part (tests/test_serve_contract.py)
 
-    test_structured_output = _quality("test_structured_output", _RUNS_ON)
-    test_structured_output_async = _quality("test_structured_output_async", _RUNS_ON)
-    test_structured_output_pydantic_2_v1 = _quality("test_structured_output_pydantic_2_v1", _RUNS_ON)
-    test_structured_output_optional_param = _quality("test_structured_output_optional_param", _RUNS_ON)
-    test_unicode_tool_call_integration = _quality("test_unicode_tool_call_integration", _RUNS_ON)
+    test_structured_output = _quality("test_structured_output", _RUNS_ON, run=False)
+    test_structured_output_async = _quality("test_structured_output_async", _RUNS_ON, run=False)
+    test_structured_output_pydantic_2_v1 = _quality("test_structured_output_pydantic_2_v1", _RUNS_ON, run=False)
+    test_structured_output_optional_param = _quality("test_structured_output_optional_param", _RUNS_ON, run=False)
+    test_unicode_tool_call_integration = _quality("test_unicode_tool_call_integration", _RUNS_ON, run=False)
     test_json_mode = _quality("test_json_mode", "json_mode holds the reply to a JSON object; the 135M model leaves "
                               "out a field the prompt asks for")
     test_agent_loop = _quality("test_agent_loop", "asked without a forced call, the 135M model answers in words "
