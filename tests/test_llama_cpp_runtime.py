@@ -7,9 +7,9 @@ flow (fast); the bundled SmolLM2's GGUF runs the real model (slow). Both need ll
 
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from batching_check import check_concurrent_calls_batch_like_alone
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 
 from fcagent import load_chat_model
@@ -100,23 +100,7 @@ def test_stream_adds_up_to_invoke(tiny):
 
 
 def test_concurrent_calls_are_batched_and_match_one_at_a_time(tiny, monkeypatch):
-    from fcagent.models.local.chat_model import LocalChatModel
-
-    questions = ["hi", "count to three please", "what is two plus two, in words?", "name a colour"]
-    alone = [tiny.invoke([HumanMessage(q)]).content for q in questions]
-    batches: list[int] = []
-    original = LocalChatModel._run_batch
-
-    def spy(self, requests):
-        batches.append(len(requests))
-        return original(self, requests)
-
-    monkeypatch.setattr(LocalChatModel, "_run_batch", spy)
-    tiny._batcher._overlap = True  # a batch leader waits for the other threads' calls
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        together = list(pool.map(lambda q: tiny.invoke([HumanMessage(q)]).content, questions))
-    assert together == alone
-    assert max(batches) > 1 and sum(batches) == 4
+    check_concurrent_calls_batch_like_alone(tiny, monkeypatch)
 
 
 def test_greedy_copies_equal_the_greedy_reply_alone(tiny):

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from batching_check import check_concurrent_calls_batch_like_alone
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
@@ -184,26 +185,7 @@ def test_real_bundled_model_through_the_graph(data_dir):
 
 
 def test_concurrent_calls_are_batched_and_match_one_at_a_time(tiny, monkeypatch):
-    """Prompts of different lengths from 4 threads: left-padded batches, the same greedy replies."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from fcagent.models.local.chat_model import LocalChatModel
-
-    questions = ["hi", "count to three please", "what is two plus two, in words?", "name a colour"]
-    alone = [tiny.invoke([HumanMessage(q)]).content for q in questions]
-    batches: list[int] = []
-    original = LocalChatModel._run_batch
-
-    def spy(self, requests):
-        batches.append(len(requests))
-        return original(self, requests)
-
-    monkeypatch.setattr(LocalChatModel, "_run_batch", spy)
-    tiny._batcher._overlap = True  # as after overlapping calls: a batch leader waits for the others
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        together = list(pool.map(lambda q: tiny.invoke([HumanMessage(q)]).content, questions))
-    assert together == alone
-    assert max(batches) > 1 and sum(batches) == 4  # calls shared a batch; none lost or run twice
+    check_concurrent_calls_batch_like_alone(tiny, monkeypatch)
 
 
 def test_prompt_cache_prefills_only_the_new_tokens_and_changes_nothing(tiny):
